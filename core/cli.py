@@ -1,0 +1,87 @@
+"""`python -m modelsmith`: the command line. Subcommands import what they need when they run, so
+`inspect` stays free of torch and ComfyUI."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import ModelsmithError
+
+
+def _format_report(r: dict) -> str:
+    rows = [("file", r.get("file", {}).get("path", "")), ("family", r["family"]), ("variant", r["variant"] or "-"),
+            ("layout", r["layout"] or "-"), ("precision", r["precision"] or "-"),
+            ("prediction", r["prediction"] or "-"), ("ztsnr", "yes" if r["ztsnr"] else "no"),
+            ("ema", "yes" if r["ema"] else "no"), ("params", f"{r['params'] / 1e6:,.1f} M"),
+            ("denoiser", "yes" if r["components"].get("denoiser") else "no"),
+            ("vae", "yes" if r["components"].get("vae") else "no"),
+            ("text encoders", ", ".join(r["components"].get("text_encoders") or []) or "-")]
+    rec = r.get("recommended") or {}
+    rows.append(("recommended", ", ".join(f"{k} {v}" for k, v in rec.items())))
+    width = max(len(k) for k, _ in rows)
+    out = [f"{k.ljust(width)}  {v}" for k, v in rows]
+    for w in r.get("warnings", []):
+        out.append(f"{'warning'.ljust(width)}  {w}")
+    return "\n".join(out)
+
+
+def cmd_inspect(args) -> int:
+    from .inspect import inspect_dir, inspect_file
+    status = 0
+    if os.path.isdir(args.file):
+        results = []
+        for path, rep in inspect_dir(args.file):
+            if isinstance(rep, str):
+                print(rep, file=sys.stderr)
+                status = 2
+                continue
+            results.append(rep)
+            if not args.json:
+                print(f"{path}: {rep['family']} {rep['variant'] or ''} {rep['layout'] or ''} "
+                      f"{rep['precision'] or ''} {rep['prediction'] or ''}{' ztsnr' if rep['ztsnr'] else ''}")
+        if args.json:
+            json.dump(results, sys.stdout, indent=2)
+            print()
+        return status
+    try:
+        rep = inspect_file(args.file)
+    except ModelsmithError as e:
+        print(f"modelsmith: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        json.dump(rep, sys.stdout, indent=2)
+        print()
+    else:
+        print(_format_report(rep))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m modelsmith",
+                                description="Modelsmith: know, load, prompt and convert image-generation checkpoints.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    s = sub.add_parser("inspect", help="what a checkpoint is, from its header (a file or a whole folder)")
+    s.add_argument("file", help="a .safetensors/.ckpt/.pt/.pth file, or a models folder")
+    s.add_argument("--json", action="store_true", help="print the inspection contract as JSON")
+    s.set_defaults(func=cmd_inspect)
+    from . import cli_more
+    cli_more.register(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except ModelsmithError as e:
+        print(f"modelsmith: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("modelsmith: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,248 @@
+"""The family table: how each checkpoint family is recognised from tensor names and shapes, and
+what settings it wants. Pure data and functions over {name: (dtype, shape)}; no torch."""
+from __future__ import annotations
+
+import re
+
+DENOISER_PREFIXES = ("model.diffusion_model.", "net.", "model.")
+VAE_PREFIXES = ("first_stage_model.", "vae.")
+
+# Prediction type each flow family always uses.
+FLOW_FAMILIES = {"sd3", "sd3.5-medium", "sd3.5-large", "flux1", "flux2", "qwen-image", "z-image",
+                 "lumina2", "cosmos-predict2", "anima"}
+
+RECOMMENDED = {
+    "sd1": dict(width=512, height=512, steps=25, cfg=7.0, sampler="euler_ancestral", scheduler="normal"),
+    "sd2": dict(width=512, height=512, steps=25, cfg=7.0, sampler="euler", scheduler="normal"),
+    "sd2-768-v": dict(width=768, height=768, steps=25, cfg=7.0, sampler="euler", scheduler="normal"),
+    "sdxl": dict(width=1024, height=1024, steps=25, cfg=6.0, sampler="euler_ancestral", scheduler="normal"),
+    "sdxl-v": dict(width=1024, height=1024, steps=28, cfg=4.5, sampler="euler", scheduler="normal",
+                   cfg_rescale=0.7),
+    "sdxl-refiner": dict(width=1024, height=1024, steps=25, cfg=6.0, sampler="euler", scheduler="normal"),
+    "sd3": dict(width=1024, height=1024, steps=28, cfg=4.5, sampler="dpmpp_2m", scheduler="sgm_uniform", shift=3.0),
+    "sd3.5-medium": dict(width=1024, height=1024, steps=40, cfg=4.5, sampler="euler", scheduler="sgm_uniform", shift=3.0),
+    "sd3.5-large": dict(width=1024, height=1024, steps=28, cfg=4.5, sampler="euler", scheduler="sgm_uniform", shift=3.0),
+    "flux1": dict(width=1024, height=1024, steps=20, cfg=1.0, sampler="euler", scheduler="simple", guidance=3.5),
+    "flux1-schnell": dict(width=1024, height=1024, steps=4, cfg=1.0, sampler="euler", scheduler="simple"),
+    "flux2": dict(width=1024, height=1024, steps=20, cfg=1.0, sampler="euler", scheduler="simple", guidance=4.0),
+    "qwen-image": dict(width=1328, height=1328, steps=20, cfg=2.5, sampler="euler", scheduler="simple", shift=3.1),
+    "z-image": dict(width=1024, height=1024, steps=8, cfg=1.0, sampler="res_multistep", scheduler="simple", shift=3.0),
+    "lumina2": dict(width=1024, height=1024, steps=25, cfg=4.0, sampler="res_multistep", scheduler="simple", shift=6.0),
+    "cosmos-predict2": dict(width=1024, height=1024, steps=35, cfg=4.0, sampler="euler", scheduler="simple", shift=1.0),
+    "anima": dict(width=1024, height=1024, steps=30, cfg=4.0, sampler="er_sde", scheduler="simple", shift=3.0),
+    "unknown": dict(width=1024, height=1024, steps=25, cfg=5.0, sampler="euler", scheduler="normal"),
+}
+
+MODELSPEC_ARCH = {
+    "sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sd2-768-v": "stable-diffusion-v2-768-v",
+    "sdxl": "stable-diffusion-xl-v1-base", "sdxl-refiner": "stable-diffusion-xl-v1-refiner",
+    "sd3": "stable-diffusion-v3-medium", "sd3.5-medium": "stable-diffusion-v3.5-medium",
+    "sd3.5-large": "stable-diffusion-v3.5-large", "flux1": "flux-1-dev", "lumina2": "lumina-2",
+    "anima": "anima-preview", "cosmos-predict2": "cosmos-predict2", "flux2": "flux-2",
+    "qwen-image": "qwen-image", "z-image": "z-image",
+}
+
+
+def split_prefix(names, prefix):
+    n = len(prefix)
+    return {k[n:] for k in names if k.startswith(prefix)}
+
+
+def count_indexed(keys, stem):
+    """How many consecutive blocks `stem.N.` exist (max index + 1)."""
+    pat = re.compile(re.escape(stem) + r"\.(\d+)\.")
+    idx = [int(m.group(1)) for k in keys for m in [pat.match(k)] if m]
+    return max(idx) + 1 if idx else 0
+
+
+def _shape(t, name):
+    v = t.get(name)
+    return tuple(v[1]) if v is not None else None
+
+
+def find_denoiser(tensors: dict):
+    """(layout, prefix) of the denoiser in a {name: (dtype, shape)} table, or (None, None)."""
+    names = tensors.keys()
+    if any(k.startswith("model.diffusion_model.") for k in names):
+        return "checkpoint", "model.diffusion_model."
+    if "conv_in.weight" in tensors and any(k.startswith("down_blocks.") for k in names):
+        return "diffusers", ""
+    for marker in ("net.blocks.0.", "net.x_embedder."):
+        if any(k.startswith(marker) for k in names):
+            return "diffusion-model", "net."
+    signatures = ("input_blocks.0.0.weight", "joint_blocks.0.", "double_blocks.0.", "txt_norm.weight",
+                  "cap_embedder.1.weight", "blocks.0.mlp.layer1.weight", "double_stream_modulation_img.",
+                  "x_embedder.", "transformer_blocks.0.", "single_transformer_blocks.0.")
+    if any(k.startswith(s) for k in names for s in signatures):
+        # diffusers transformers (FLUX/SD3) use attn.to_q; native ones don't
+        if any(".attn.to_q.weight" in k for k in names) and "txt_norm.weight" not in tensors:
+            return "diffusers", ""
+        return "diffusion-model", ""
+    return None, None
+
+
+def detect_family(d: dict, layout: str):
+    """family, variant, details for the denoiser table d (names without prefix)."""
+    info = {}
+    if layout == "diffusers" and "conv_in.weight" in d:
+        return _detect_diffusers_unet(d, info)
+    if "input_blocks.0.0.weight" in d:
+        return _detect_unet(d, info)
+    if "joint_blocks.0.context_block.attn.qkv.weight" in d or "joint_blocks.0.x_block.attn.qkv.weight" in d:
+        depth = (_shape(d, "x_embedder.proj.weight") or (0,))[0] // 64
+        info["depth"] = depth
+        if "joint_blocks.0.x_block.attn2.qkv.weight" in d:
+            return "sd3.5-medium", None, info
+        if "joint_blocks.0.context_block.attn.ln_q.weight" in d:
+            return ("sd3.5-large" if depth >= 38 else "sd3.5-medium"), None, info
+        return "sd3", None, info
+    if "double_stream_modulation_img.lin.weight" in d:
+        nd, ns = count_indexed(d, "double_blocks"), count_indexed(d, "single_blocks")
+        hidden = (_shape(d, "img_in.weight") or (0,))[0]
+        info.update(double_blocks=nd, single_blocks=ns, hidden=hidden)
+        variant = {6144: "dev", 3072: "klein-4b", 4096: "klein-9b"}.get(hidden)
+        return "flux2", variant, info
+    if "double_blocks.0.img_attn.norm.key_norm.scale" in d:
+        variant = "dev" if any(k.startswith("guidance_in.") for k in d) else "schnell"
+        return "flux1", variant, info
+    if ("transformer_blocks.0.attn.norm_added_k.weight" in d and "x_embedder.weight" in d
+            and any(k.startswith("single_transformer_blocks.") for k in d)):
+        variant = "dev" if any(k.startswith("time_text_embed.guidance_embedder.") for k in d) else "schnell"
+        return "flux1", variant, info
+    if "txt_norm.weight" in d and any(k.startswith("transformer_blocks.") for k in d):
+        info["blocks"] = count_indexed(d, "transformer_blocks")
+        return "qwen-image", None, info
+    if "cap_embedder.1.weight" in d and "noise_refiner.0.attention.k_norm.weight" in d:
+        dim = d["cap_embedder.1.weight"][1][0]
+        info["dim"] = dim
+        return ("z-image" if dim >= 3072 else "lumina2"), None, info
+    if "blocks.0.mlp.layer1.weight" in d:
+        width = (_shape(d, "x_embedder.proj.1.weight") or (0,))[0]
+        blocks = count_indexed(d, "blocks")
+        info.update(blocks=blocks, width=width)
+        variant = {2048: "2b", 5120: "14b"}.get(width)
+        if "llm_adapter.blocks.0.cross_attn.q_proj.weight" in d:
+            info["adapter_blocks"] = count_indexed(d, "llm_adapter.blocks")
+            return "anima", variant, info
+        return "cosmos-predict2", variant, info
+    if "joint_blocks.0.x_block.attn.qkv.weight" in d:
+        return "sd3", None, info
+    if "pos_embed.proj.weight" in d and "transformer_blocks.0.attn.add_q_proj.weight" in d:
+        return "sd3", None, info
+    return "unknown", None, info
+
+
+def _unet_common(d, in_key, k_key_candidates, info):
+    in_ch = d[in_key][1][1]
+    mc = d[in_key][1][0]
+    ctx = None
+    for k in k_key_candidates:
+        if k in d:
+            ctx = d[k][1][-1]
+            break
+    if ctx is None:  # find any cross-attention key projection
+        for k, v in d.items():
+            if k.endswith("attn2.to_k.weight"):
+                ctx = v[1][-1]
+                break
+    info.update(in_channels=in_ch, model_channels=mc, context_dim=ctx)
+    return in_ch, mc, ctx
+
+
+def _variant_for_in_channels(in_ch):
+    return {9: "inpaint", 8: "instruct-pix2pix"}.get(in_ch)
+
+
+def _detect_unet(d, info):
+    in_ch, mc, ctx = _unet_common(d, "input_blocks.0.0.weight",
+                                  ("input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight",
+                                   "input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"), info)
+    variant = _variant_for_in_channels(in_ch)
+    levels = count_indexed(d, "input_blocks")
+    info["input_blocks"] = levels
+    if "label_emb.0.0.weight" in d:
+        adm = d["label_emb.0.0.weight"][1][1]
+        info["adm_in_channels"] = adm
+        if adm == 2560 or (mc == 384 and ctx == 1280):
+            return "sdxl-refiner", variant, info
+        if ctx == 1024:
+            return "sd2", variant or "unclip", info
+        depth = count_indexed(d, "input_blocks.7.1.transformer_blocks")
+        info["depth_level3"] = depth
+        if depth == 4 and mc == 320:
+            variant = variant or "ssd-1b"
+        return "sdxl", variant, info
+    if ctx == 1024:
+        return "sd2", variant, info
+    return "sd1", variant, info
+
+
+def _detect_diffusers_unet(d, info):
+    in_ch, mc, ctx = _unet_common(d, "conv_in.weight",
+                                  ("down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+                                   "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"), info)
+    variant = _variant_for_in_channels(in_ch)
+    if "add_embedding.linear_1.weight" in d:
+        adm = d["add_embedding.linear_1.weight"][1][1]
+        info["adm_in_channels"] = adm
+        if adm == 2560 or mc == 384:
+            return "sdxl-refiner", variant, info
+        return "sdxl", variant, info
+    if ctx == 1024:
+        return "sd2", variant, info
+    return "sd1", variant, info
+
+
+# The tensor ComfyUI uses to tell SD2-768-v from SD2-512-eps, per layout.
+SD2_V_PROBE = {
+    "checkpoint": "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias",
+    "diffusion-model": "output_blocks.11.1.transformer_blocks.0.norm1.bias",
+    "diffusers": "up_blocks.3.attentions.2.transformer_blocks.0.norm1.bias",
+}
+
+
+def text_encoders_in(names) -> list[str]:
+    """Text encoders baked into a single-file checkpoint."""
+    found = []
+
+    def has(prefix):
+        return any(k.startswith(prefix) for k in names)
+
+    if has("conditioner.embedders.0.transformer.") or has("cond_stage_model.transformer."):
+        found.append("clip-l")
+    if has("cond_stage_model.model."):
+        found.append("clip-h")
+    if has("conditioner.embedders.1.model.") or has("conditioner.embedders.0.model."):
+        found.append("clip-g")
+    if has("text_encoders.clip_l."):
+        found.append("clip-l")
+    if has("text_encoders.clip_g."):
+        found.append("clip-g")
+    if has("text_encoders.t5xxl."):
+        found.append("t5xxl")
+    if has("text_encoders.qwen3_06b.") or has("text_encoders.qwen3_0.6b."):
+        found.append("qwen3-0.6b")
+    out = []
+    for x in found:
+        if x not in out:
+            out.append(x)
+    return out
+
+
+# What each family needs beside the denoiser, for the "missing" warnings.
+NEEDS = {
+    "sd1": (["clip-l"], "an SD1 VAE (vae-ft-mse-840000-ema-pruned)"),
+    "sd2": (["clip-h"], "an SD VAE"),
+    "sdxl": (["clip-l", "clip-g"], "sdxl_vae.safetensors (or sdxl-vae-fp16-fix for fp16)"),
+    "sdxl-refiner": (["clip-g"], "sdxl_vae.safetensors"),
+    "sd3": (["clip-l", "clip-g", "t5xxl"], "the SD3 VAE"),
+    "sd3.5-medium": (["clip-l", "clip-g", "t5xxl"], "the SD3 VAE"),
+    "sd3.5-large": (["clip-l", "clip-g", "t5xxl"], "the SD3 VAE"),
+    "flux1": (["clip-l", "t5xxl"], "ae.safetensors (FLUX VAE)"),
+    "flux2": (["mistral-3-small or qwen3 (klein)"], "the FLUX.2 VAE"),
+    "qwen-image": (["qwen2.5-vl-7b"], "qwen_image_vae.safetensors"),
+    "z-image": (["qwen3-4b"], "ae.safetensors (FLUX VAE)"),
+    "lumina2": (["gemma-2-2b"], "ae.safetensors (FLUX VAE)"),
+    "cosmos-predict2": (["t5xxl (old)"], "wan_2.1_vae.safetensors"),
+    "anima": (["qwen3-0.6b"], "qwen_image_vae.safetensors"),
+}

@@ -1,0 +1,282 @@
+"""Header-only inspection: what a checkpoint file is and how it wants to be run.
+
+Fills the inspection contract of reference.md section 1. safetensors files are answered from the
+header (plus one small tensor for SD2's v/eps test, and the tiny `comfy_quant` tensors); pickles
+go through the allowlist guard. Nothing here imports torch unless the file is a pickle.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+
+from . import families as fam
+from .errors import ModelsmithError
+from .safetensors_io import FLOAT_DTYPES, read_header, read_tensor_bytes, decode_floats
+
+PICKLE_EXTS = (".ckpt", ".pt", ".pth", ".bin")
+SAFETENSORS_EXTS = (".safetensors", ".sft")
+MODEL_EXTS = SAFETENSORS_EXTS + PICKLE_EXTS
+
+ST_TO_NAME = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F8_E4M3": "fp8_e4m3fn", "F8_E5M2": "fp8_e5m2",
+              "F64": "fp64", "U8": "uint8", "I8": "int8"}
+MARKER_KEYS = ("v_pred", "ztsnr", "edm_mean", "edm_std", "edm_vpred.sigma_max", "edm_vpred.sigma_min",
+               "scaled_fp8")
+
+
+def _precision(den: dict, quant_formats: dict, legacy_fp8: bool) -> str:
+    """Storage of the denoiser: the dtype of its matrices (2-D and up), quantization first."""
+    if quant_formats:
+        fmts = set(quant_formats.values())
+        if fmts == {"nvfp4"}:
+            return "nvfp4"
+        if fmts <= {"float8_e4m3fn", "float8_e5m2", "fp8_e4m3fn", "fp8_e5m2", "float8_e4m3fn_scaled"}:
+            return "fp8-scaled"
+        return "mixed"
+    if legacy_fp8:
+        return "fp8-scaled"
+    weight_by_dtype = {}
+    for name, (dtype, shape) in den.items():
+        if len(shape) >= 2 and dtype in FLOAT_DTYPES:
+            weight_by_dtype[dtype] = weight_by_dtype.get(dtype, 0) + math.prod(shape)
+    if not weight_by_dtype:
+        return "mixed"
+    total = sum(weight_by_dtype.values())
+    dtype, count = max(weight_by_dtype.items(), key=lambda kv: kv[1])
+    if count >= 0.99 * total:
+        return ST_TO_NAME.get(dtype, dtype.lower())
+    return "mixed"
+
+
+def _quant_formats(header, tensors: dict) -> dict:
+    """Layer -> format from per-layer `comfy_quant` tensors or the `_quantization_metadata` header."""
+    formats = {}
+    if header is not None:
+        meta = header.metadata.get("_quantization_metadata")
+        if meta:
+            try:
+                for layer, conf in json.loads(meta).get("layers", {}).items():
+                    formats[layer] = conf.get("format", "?")
+            except (ValueError, AttributeError):
+                pass
+        for name, (dtype, shape) in tensors.items():
+            if name.endswith(".comfy_quant") and math.prod(shape) <= 4096:
+                try:
+                    conf = json.loads(bytes(read_tensor_bytes(header, name, 4096)).decode("utf-8"))
+                    formats[name[: -len(".comfy_quant")]] = conf.get("format", "?")
+                except (ValueError, UnicodeDecodeError, ModelsmithError):
+                    formats[name[: -len(".comfy_quant")]] = "?"
+    else:
+        for name in tensors:
+            if name.endswith(".comfy_quant"):
+                formats[name[: -len(".comfy_quant")]] = "?"
+    return formats
+
+
+def _params(den: dict, quant_formats: dict, prefix: str) -> int:
+    total = 0
+    for name, (dtype, shape) in den.items():
+        if name in MARKER_KEYS or name.endswith((".comfy_quant", ".weight_scale", ".weight_scale_2",
+                                                  ".input_scale", ".scale_weight", ".scale_input")):
+            continue
+        n = math.prod(shape)
+        if name.endswith(".weight") and quant_formats.get(prefix + name[: -len(".weight")]) == "nvfp4":
+            n *= 2  # two E2M1 values per byte
+        total += n
+    return total
+
+
+def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None, source="safetensors") -> dict:
+    """The inspection report for a {name: (dtype, shape)} table."""
+    metadata = metadata or {}
+    names = tensors.keys()
+    warnings = []
+    layout, prefix = fam.find_denoiser(tensors)
+    report = {"family": "unknown", "variant": None, "layout": layout, "components": {},
+              "precision": None, "prediction": None, "ztsnr": False, "ema": False, "params": 0,
+              "recommended": dict(fam.RECOMMENDED["unknown"]), "warnings": warnings}
+    den = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)} if prefix is not None else {}
+    if prefix == "" and layout is not None:
+        den = {k: v for k, v in tensors.items() if not k.startswith(fam.VAE_PREFIXES + ("text_encoders.", "conditioner.", "cond_stage_model."))}
+    family, variant, details = fam.detect_family(den, layout) if den else ("unknown", None, {})
+    vae = any(k.startswith("first_stage_model.") for k in names) or (
+        layout == "checkpoint" and any(k.startswith("vae.") for k in names))
+    encoders = fam.text_encoders_in(names)
+    report["components"] = {"denoiser": bool(den), "vae": vae, "text_encoders": encoders}
+    report["family"], report["variant"] = family, variant
+    report["details"] = details
+
+    if not den:
+        report["layout"] = None
+        if any(k.startswith(("encoder.", "decoder.")) for k in names):
+            report["components"]["vae"] = True
+            report["kind"] = "vae"
+        elif "model.layers.0.self_attn.q_norm.weight" in tensors:
+            report["kind"] = "text-encoder"
+            width = tensors["model.layers.0.self_attn.q_proj.weight"][1][1] if "model.layers.0.self_attn.q_proj.weight" in tensors else None
+            report["components"]["text_encoders"] = ["qwen3-0.6b" if width == 1024 else "qwen3"]
+        elif any(k.startswith(("text_model.", "encoder.block.", "shared.")) for k in names):
+            report["kind"] = "text-encoder"
+        warnings.append("No denoiser (UNet/DiT) found in this file; it is not a checkpoint to sample from.")
+
+    quant = _quant_formats(header, tensors)
+    legacy_fp8 = "scaled_fp8" in tensors or any(k.endswith(".scale_weight") for k in names)
+    report["precision"] = _precision(den, quant, legacy_fp8) if den else None
+    if quant:
+        report["quantized_layers"] = len(quant)
+    report["params"] = _params(den, quant, prefix or "")
+
+    # prediction
+    pred = None
+    if family in fam.FLOW_FAMILIES:
+        pred = "flow"
+    elif family in ("sd1", "sd2", "sdxl", "sdxl-refiner"):
+        if "edm_vpred.sigma_max" in tensors:
+            pred = "v-edm"
+        elif "edm_mean" in tensors or "edm_std" in tensors:
+            pred = "edm"
+        elif "v_pred" in tensors:
+            pred = "v"
+        elif family == "sd2" and report["details"].get("in_channels") == 4:
+            pred = _sd2_prediction(header, tensors, layout, report)
+        else:
+            pred = "eps"
+    report["prediction"] = pred
+    report["ztsnr"] = "ztsnr" in tensors
+    report["ema"] = any(k.startswith("model_ema.") and k not in ("model_ema.decay", "model_ema.num_updates")
+                        for k in names)
+
+    # recommended settings
+    key = family
+    if family == "sd2" and pred == "v":
+        key = "sd2-768-v"
+    elif family == "sdxl" and pred in ("v", "v-edm"):
+        key = "sdxl-v"
+    elif family == "flux1" and variant == "schnell":
+        key = "flux1-schnell"
+    report["recommended"] = dict(fam.RECOMMENDED.get(key, fam.RECOMMENDED["unknown"]))
+
+    # ModelSpec metadata: reported, never trusted over tensors
+    spec = {k[len("modelspec."):]: v for k, v in metadata.items() if k.startswith("modelspec.")}
+    if spec:
+        report["modelspec"] = spec
+        mpred = spec.get("prediction_type")
+        if mpred and pred in ("eps", "v"):
+            mp = {"epsilon": "eps", "eps": "eps", "v": "v", "v_prediction": "v"}.get(mpred.lower())
+            if mp and mp != pred:
+                warnings.append(f"The ModelSpec metadata says prediction '{mpred}' but the tensors say '{pred}'; "
+                                f"Modelsmith follows the tensors. If the file really is {mp}, set the "
+                                f"loader's prediction override.")
+
+    _warn(report, tensors, source)
+    return report
+
+
+def _sd2_prediction(header, tensors, layout, report):
+    name = fam.SD2_V_PROBE.get(layout)
+    if name not in tensors:
+        return None
+    if header is None:
+        return None  # pickles: _with_probe decides from the values the guard read
+    try:
+        vals = decode_floats(tensors[name][0], read_tensor_bytes(header, name, 1 << 16))
+    except ModelsmithError:
+        vals = None
+    if not vals:
+        return None
+    std = statistics.pstdev(vals) if len(vals) > 1 else 0.0
+    report["details"]["sd2_probe_std"] = round(std, 5)
+    return "v" if std > 0.09 else "eps"
+
+
+def _warn(report, tensors, source):
+    w = report["warnings"]
+    fam_, pred, comps = report["family"], report["prediction"], report["components"]
+    if source == "pickle":
+        w.append("This is a pickle file (.ckpt/.pt): loading it in other tools can run code hidden in it. "
+                 "Modelsmith reads it only through an allowlist; convert it to .safetensors.")
+    if fam_ in ("sdxl", "sdxl-refiner"):
+        w.append("The SDXL VAE overflows to NaN in fp16: decode in bf16/fp32 or use sdxl-vae-fp16-fix "
+                 "(ModelsmithVAEDecode retries automatically).")
+    if report["ztsnr"]:
+        w.append("Zero terminal SNR: use CFG <= 5 with CFG rescale ~0.7. Merging it with an eps model "
+                 "weakens or removes the ZTSNR effect.")
+        if pred != "v":
+            w.append("A ztsnr marker without v-prediction: likely a merge of a ZTSNR v-pred model with an eps model.")
+    if pred == "v" and fam_ == "sdxl" and not report["ztsnr"]:
+        w.append("v-prediction SDXL without a ztsnr marker: if the model card says ZTSNR, set prediction to v+ztsnr.")
+    if fam_ == "sd2":
+        w.append("No .yaml file is needed: the prediction type is detected from the weights.")
+    if report["layout"] == "checkpoint" and comps["denoiser"]:
+        if not comps["vae"]:
+            need = fam.NEEDS.get(fam_, (None, "a VAE"))[1]
+            w.append(f"No VAE in this file: load {need} with a VAE loader.")
+        if not comps["text_encoders"]:
+            w.append("No text encoder in this file: load the family's text encoder(s) separately.")
+    elif report["layout"] in ("diffusion-model", "diffusers") and fam_ in fam.NEEDS:
+        encs, vae = fam.NEEDS[fam_]
+        w.append(f"Denoiser only: also load text encoder(s) {', '.join(encs)} and {vae}.")
+    if report["precision"] == "fp16" and fam_ in ("anima", "cosmos-predict2"):
+        w.append("The Cosmos/Anima residual stream overflows fp16: run it through ModelsmithModelComputeDtype "
+                 "fp16 (fp32 residual) or in bf16.")
+    if report["family"] == "unknown" and comps["denoiser"]:
+        w.append("Unknown model family: Modelsmith does not recognise this denoiser's layout.")
+
+
+def inspect_file(path: str | os.PathLike) -> dict:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelsmithError(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise ModelsmithError(f"{path}: is a folder; use inspect_dir")
+    lower = path.lower()
+    if lower.endswith(PICKLE_EXTS) or _looks_like_pickle(path):
+        from .pickle_guard import load_state_dict_table
+        tensors, probe = load_state_dict_table(path, probe_names=tuple(fam.SD2_V_PROBE.values()))
+        report = _with_probe(tensors, probe)
+        report["file"] = {"path": path, "format": "pickle", "size": os.path.getsize(path)}
+        return report
+    header = read_header(path)
+    tensors = {k: (t.dtype, t.shape) for k, t in header.tensors.items()}
+    report = inspect_tensors(tensors, header.metadata, header=header)
+    report["file"] = {"path": path, "format": "safetensors", "size": header.file_size,
+                      "bytes_read": header.bytes_read}
+    if header.metadata:
+        report["metadata_keys"] = sorted(header.metadata)[:50]
+    return report
+
+
+def _with_probe(tensors, probe):
+    """Report for a pickle: the guard already handed back the SD2 probe tensor's values."""
+    rep = inspect_tensors(tensors, {}, header=None, source="pickle")
+    if rep["family"] == "sd2" and rep["details"].get("in_channels") == 4 and probe:
+        vals = next(iter(probe.values()))
+        std = statistics.pstdev(vals) if len(vals) > 1 else 0.0
+        rep["details"]["sd2_probe_std"] = round(std, 5)
+        rep["prediction"] = "v" if std > 0.09 else "eps"
+        if rep["prediction"] == "v":
+            rep["recommended"] = dict(fam.RECOMMENDED["sd2-768-v"])
+    return rep
+
+
+def _looks_like_pickle(path):
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return False
+    return head[:2] == b"PK" or head[:1] == b"\x80"
+
+
+def inspect_dir(root: str | os.PathLike):
+    """Yield (path, report or error string) for every model file under root."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for fn in sorted(filenames):
+            if fn.lower().endswith(MODEL_EXTS):
+                p = os.path.join(dirpath, fn)
+                try:
+                    yield p, inspect_file(p)
+                except ModelsmithError as e:
+                    yield p, str(e)

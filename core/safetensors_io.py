@@ -1,0 +1,199 @@
+"""safetensors header reading with full validation, small tensor reads, atomic writing.
+
+No torch here: inspection must stay fast and light. The header is validated before anything in it
+is trusted: length bounds, UTF-8 JSON object, no duplicate names, known dtypes, shapes that are
+lists of non-negative ints, byte ranges that match the shape, lie inside the data and tile it
+exactly (as the safetensors library itself requires).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass, field
+
+from .errors import ModelsmithError
+
+# bits per element of every dtype the safetensors format defines
+DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32, "C64": 64,
+    "I64": 64, "U64": 64, "F64": 64,
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6,
+}
+FLOAT_DTYPES = {"F8_E5M2", "F8_E4M3", "F16", "BF16", "F32", "F64", "F4", "F6_E2M3", "F6_E3M2"}
+MAX_HEADER_BYTES = 100_000_000  # the limit of the safetensors library
+
+
+class SafetensorsError(ModelsmithError):
+    pass
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    shape: tuple
+    begin: int
+    end: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass
+class Header:
+    path: str
+    tensors: dict  # name -> TensorInfo
+    metadata: dict = field(default_factory=dict)
+    data_start: int = 0
+    file_size: int = 0
+    bytes_read: int = 0
+
+
+def _no_duplicates(pairs):
+    out = {}
+    for k, v in pairs:
+        if k in out:
+            raise SafetensorsError(f"duplicate name {k!r} in the header")
+        out[k] = v
+    return out
+
+
+def parse_header_bytes(raw: bytes, data_size: int, path: str = "<bytes>") -> tuple[dict, dict]:
+    """Validate a header's JSON bytes against the size of the data that follows it."""
+    def bad(msg):
+        return SafetensorsError(f"{path}: not a valid safetensors file: {msg}")
+
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise bad("the header is not UTF-8") from None
+    if not text.lstrip().startswith("{"):
+        raise bad("the header is not a JSON object")
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicates)
+    except SafetensorsError as e:
+        raise bad(str(e)) from None
+    except (ValueError, RecursionError) as e:
+        raise bad(f"the header is not valid JSON ({str(e)[:80]})") from None
+    if not isinstance(obj, dict):
+        raise bad("the header is not a JSON object")
+    metadata = obj.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise bad("__metadata__ must map strings to strings")
+    tensors = {}
+    for name, entry in obj.items():
+        if not isinstance(entry, dict):
+            raise bad(f"entry {name!r} is not an object")
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if dtype not in DTYPE_BITS:
+            raise bad(f"tensor {name!r} has unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise bad(f"tensor {name!r} has an invalid shape {shape!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(type(o) is int and o >= 0 for o in offsets)):
+            raise bad(f"tensor {name!r} has invalid data_offsets {offsets!r}")
+        begin, end = offsets
+        if begin > end or end > data_size:
+            raise bad(f"tensor {name!r} data_offsets {offsets} lie outside the {data_size} data bytes")
+        nbits = math.prod(shape) * DTYPE_BITS[dtype]
+        if nbits % 8 or nbits // 8 != end - begin:
+            raise bad(f"tensor {name!r}: shape {shape} of {dtype} needs {nbits / 8:g} bytes, "
+                      f"data_offsets give {end - begin}")
+        tensors[name] = TensorInfo(dtype, tuple(shape), begin, end)
+    pos = 0
+    for name, t in sorted(tensors.items(), key=lambda kv: (kv[1].begin, kv[1].end)):
+        if t.begin < pos:
+            raise bad(f"tensor {name!r} overlaps another tensor's bytes")
+        if t.begin > pos:
+            raise bad(f"a gap of unused bytes before tensor {name!r}")
+        pos = t.end
+    if pos != data_size:
+        raise bad(f"the tensors cover {pos} bytes but the file holds {data_size} bytes of data "
+                  f"(truncated or padded file)")
+    return tensors, metadata
+
+
+def read_header(path: str | os.PathLike) -> Header:
+    """Read and validate the header of a .safetensors file; reads only the header bytes."""
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise ModelsmithError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ModelsmithError(f"{path}: is a folder, not a file") from None
+    except OSError as e:
+        raise ModelsmithError(f"{path}: cannot open ({e.strerror})") from None
+    with f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise SafetensorsError(f"{path}: not a valid safetensors file: only {size} bytes, no header")
+        (n,) = struct.unpack("<Q", head)
+        if n < 2 or n > MAX_HEADER_BYTES or n > size - 8:
+            raise SafetensorsError(
+                f"{path}: not a valid safetensors file: header length {n} is impossible for a "
+                f"{size}-byte file (truncated, or not safetensors at all)")
+        raw = f.read(n)
+        if len(raw) != n:
+            raise SafetensorsError(f"{path}: not a valid safetensors file: header truncated")
+    tensors, metadata = parse_header_bytes(raw.rstrip(b" "), size - 8 - n, path)
+    return Header(path, tensors, metadata, 8 + n, size, 8 + n)
+
+
+def read_tensor_bytes(header: Header, name: str, max_bytes: int = 1 << 20) -> bytes:
+    """The raw bytes of one (small) tensor."""
+    t = header.tensors[name]
+    if t.end - t.begin > max_bytes:
+        raise SafetensorsError(f"{header.path}: tensor {name!r} is larger than {max_bytes} bytes")
+    with open(header.path, "rb") as f:
+        f.seek(header.data_start + t.begin)
+        data = f.read(t.end - t.begin)
+    header.bytes_read += len(data)
+    if len(data) != t.end - t.begin:
+        raise SafetensorsError(f"{header.path}: file truncated inside tensor {name!r}")
+    return data
+
+
+def decode_floats(dtype: str, data: bytes) -> list[float]:
+    """Decode F16/BF16/F32/F64 bytes to Python floats without numpy or torch."""
+    if dtype == "F32":
+        return list(struct.unpack(f"<{len(data) // 4}f", data))
+    if dtype == "F16":
+        return list(struct.unpack(f"<{len(data) // 2}e", data))
+    if dtype == "F64":
+        return list(struct.unpack(f"<{len(data) // 8}d", data))
+    if dtype == "BF16":
+        halves = struct.unpack(f"<{len(data) // 2}H", data)
+        return list(struct.unpack(f"<{len(halves)}f", struct.pack(f"<{len(halves)}I", *(h << 16 for h in halves))))
+    raise SafetensorsError(f"cannot decode {dtype} values")
+
+
+def build_header_bytes(entries: dict, metadata: dict | None = None) -> tuple[bytes, int]:
+    """JSON header (8-byte length prefix included, padded to 8) for entries name -> (dtype, shape).
+
+    Tensors are laid out in the given order; returns (prefix bytes, data size)."""
+    obj = {}
+    if metadata:
+        obj["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    pos = 0
+    for name, (dtype, shape) in entries.items():
+        nbytes = math.prod(shape) * DTYPE_BITS[dtype] // 8
+        obj[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + nbytes]}
+        pos += nbytes
+    raw = json.dumps(obj, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw, pos
+
+
+def write_sparse(path: str | os.PathLike, entries: dict, metadata: dict | None = None) -> int:
+    """A header-only full-size file: a real header, the data region a sparse hole of zeros."""
+    prefix, size = build_header_bytes(entries, metadata)
+    with open(path, "wb") as f:
+        f.write(prefix)
+        f.truncate(len(prefix) + size)
+    return len(prefix) + size

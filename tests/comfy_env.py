@@ -1,0 +1,41 @@
+"""Locating and importing the real ComfyUI runtime for the tests (no mocks)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def comfy_path() -> Path:
+    env = os.environ.get("COMFYUI_PATH")
+    if env:
+        return Path(env).resolve()
+    cached = ROOT / ".cache" / "comfyui-path"
+    if cached.exists():
+        return Path(cached.read_text().strip())
+    return ROOT / ".comfyui"
+
+
+def import_comfy():
+    """Put ComfyUI on sys.path in CPU mode and import its modules once."""
+    path = str(comfy_path())
+    # The pack's root is a package folder with its own `nodes/` and `core/`: it must never shadow
+    # ComfyUI's top-level modules (`python -m pytest` puts the working directory on sys.path).
+    sys.path[:] = [p for p in sys.path if p not in ("", ".", str(ROOT), os.getcwd())]
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    import comfy.options
+    comfy.options.enable_args_parsing(False) if hasattr(comfy.options, "enable_args_parsing") else None
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True
+    comfy.cli_args.args.disable_auto_launch = True
+    import comfy.model_management  # noqa: F401  (reads args.cpu at import)
+    # as main.py does: ComfyUI's `utils` package first, before nodes.py puts comfy/ (with its
+    # utils.py) at the front of sys.path
+    import utils.extra_config  # noqa: F401
+    import utils.install_util  # noqa: F401
+    import utils.json_util  # noqa: F401
+    import folder_paths
+    return folder_paths
