@@ -103,7 +103,7 @@ def make_vae(vae_sd: dict, config: dict | None = None) -> comfy.sd.VAE:
 
 
 def build_model(family: str, unet_config: dict, sd: dict | None = None, prefix="model.diffusion_model.",
-                dtype=None, model_type=None):
+                dtype=None, device="cpu"):
     """A ModelPatcher for a UNet family from an explicit config (weights from sd when given)."""
     cls = FAMILY_CONFIG[family]
     model_config = cls(dict(unet_config))
@@ -113,11 +113,9 @@ def build_model(family: str, unet_config: dict, sd: dict | None = None, prefix="
         dtype = comfy.model_management.unet_dtype(model_params=params, supported_dtypes=model_config.supported_inference_dtypes)
     manual_cast = comfy.model_management.unet_manual_cast(dtype, load_device, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(dtype, manual_cast)
+    model = model_config.get_model(sd or {}, prefix, device=device)
     if sd is not None:
-        model = model_config.get_model(sd, prefix, device="cpu")
         model.load_model_weights(sd, prefix)
-    else:
-        model = model_config.get_model({}, prefix, device="cpu")
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device,
                                             offload_device=comfy.model_management.unet_offload_device()), model_config
 

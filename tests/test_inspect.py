@@ -1,0 +1,164 @@
+"""Inspection over a corpus built here: full-size header-only files for every family, tiny real ones."""
+import json
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import corpus
+from modelsmith.core.inspect import inspect_file
+from modelsmith.core.safetensors_io import read_header
+
+F = torch.float16
+
+
+def _fill(path, name, data: bytes):
+    h = read_header(path)
+    t = h.tensors[name]
+    assert t.end - t.begin == len(data)
+    with open(path, "r+b") as f:
+        f.seek(h.data_start + t.begin)
+        f.write(data)
+
+
+def _exp(family, layout, precision, prediction, ztsnr=False, ema=False, variant=None):
+    return dict(family=family, layout=layout, precision=precision, prediction=prediction, ztsnr=ztsnr, ema=ema,
+                variant=variant)
+
+
+def _quantize_table(table, fmt):
+    """Mark every 2-D weight of the denoiser as a ComfyUI-quantized layer (comfy_quant + scales)."""
+    out, quant = {}, {}
+    for k, (dt, shape) in table.items():
+        if k.endswith(".weight") and len(shape) == 2 and shape[1] % 32 == 0:
+            layer = k[: -len(".weight")]
+            conf = json.dumps({"format": fmt}).encode()
+            quant[layer + ".comfy_quant"] = conf
+            if fmt == "nvfp4":
+                out[k] = ("U8", (shape[0], shape[1] // 2))
+                out[layer + ".weight_scale"] = ("F8_E4M3", (shape[0], shape[1] // 16))
+                out[layer + ".weight_scale_2"] = ("F32", ())
+            else:
+                out[k] = ("F8_E4M3", shape)
+                out[layer + ".weight_scale"] = ("F32", ())
+            out[layer + ".comfy_quant"] = ("U8", (len(conf),))
+        else:
+            out[k] = (dt, shape)
+    return out, quant
+
+
+@pytest.fixture(scope="session")
+def corpus_files(comfy, tmp_path_factory):
+    d = tmp_path_factory.mktemp("corpus")
+    cases = {}
+
+    def add(name, table, expected, metadata=None, fills=None):
+        p = d / f"{name}.safetensors"
+        corpus.write(p, table, metadata)
+        for k, v in (fills or {}).items():
+            _fill(p, k, v)
+        cases[name] = (p, expected)
+
+    add("sd1_fp16", corpus.sd_checkpoint("sd1"), _exp("sd1", "checkpoint", "fp16", "eps"))
+    add("sd1_ema_fp32", corpus.sd_checkpoint("sd1", dtype=torch.float32, ema=True), _exp("sd1", "checkpoint", "fp32", "eps", ema=True))
+    add("sd1_inpaint", corpus.sd_checkpoint("sd1", in_channels=9), _exp("sd1", "checkpoint", "fp16", "eps", variant="inpaint"))
+    add("sd1_ip2p", corpus.sd_checkpoint("sd1", in_channels=8), _exp("sd1", "checkpoint", "fp16", "eps", variant="instruct-pix2pix"))
+    add("sd1_unet_only", corpus.unet_table("sd1"), _exp("sd1", "diffusion-model", "fp16", "eps"))
+    add("sd1_diffusers", corpus.diffusers_unet("sd1"), _exp("sd1", "diffusers", "fp16", "eps"))
+    add("sd2_512_eps", corpus.sd_checkpoint("sd2"), _exp("sd2", "checkpoint", "fp16", "eps"))
+    probe = "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.norm1.bias"
+    g = torch.Generator().manual_seed(0)
+    add("sd2_768_v", corpus.sd_checkpoint("sd2"), _exp("sd2", "checkpoint", "fp16", "v"),
+        fills={probe: (torch.randn(320, generator=g) * 0.3).half().numpy().tobytes()})
+    add("sdxl_fp16", corpus.sd_checkpoint("sdxl"), _exp("sdxl", "checkpoint", "fp16", "eps"))
+    add("sdxl_vpred_ztsnr", corpus.sd_checkpoint("sdxl", markers=("v_pred", "ztsnr")), _exp("sdxl", "checkpoint", "fp16", "v", ztsnr=True))
+    add("sdxl_vpred", corpus.sd_checkpoint("sdxl", markers=("v_pred",)), _exp("sdxl", "checkpoint", "fp16", "v"))
+    add("sdxl_edm", corpus.sd_checkpoint("sdxl", markers=("edm_mean", "edm_std")), _exp("sdxl", "checkpoint", "fp16", "edm"))
+    add("sdxl_unet_bf16", corpus.unet_table("sdxl", dtype=torch.bfloat16), _exp("sdxl", "diffusion-model", "bf16", "eps"))
+    add("sdxl_diffusers", corpus.diffusers_unet("sdxl"), _exp("sdxl", "diffusers", "fp16", "eps"))
+    add("sdxl_refiner", corpus.sd_checkpoint("sdxl-refiner"), _exp("sdxl-refiner", "checkpoint", "fp16", "eps"))
+    add("sdxl_modelspec_says_v", corpus.sd_checkpoint("sdxl"), _exp("sdxl", "checkpoint", "fp16", "eps"),
+        metadata={"modelspec.sai_model_spec": "1.0.0", "modelspec.architecture": "stable-diffusion-xl-v1-base",
+                  "modelspec.prediction_type": "v"})
+    fp8 = {k: (("F8_E4M3" if len(s) >= 2 and k.startswith("model.diffusion_model.") else dt), s)
+           for k, (dt, s) in corpus.sd_checkpoint("sdxl").items()}
+    add("sdxl_fp8_e4m3fn", fp8, _exp("sdxl", "checkpoint", "fp8_e4m3fn", "eps"))
+    legacy = dict(fp8)
+    legacy["scaled_fp8"] = ("F8_E4M3", (0,))
+    for k, (dt, s) in fp8.items():
+        if dt == "F8_E4M3":
+            legacy[k[: -len(".weight")] + ".scale_weight"] = ("F32", ())
+    add("sdxl_scaled_fp8", legacy, _exp("sdxl", "checkpoint", "fp8-scaled", "eps"))
+    for name, (table, e) in corpus.dit_tables().items():
+        add(name, table, _exp(e["family"], e["layout"], e["precision"], e["prediction"], variant=e["variant"]))
+    flux_nv, q = _quantize_table(corpus.dit_tables()["flux1_dev"][0], "nvfp4")
+    add("flux1_nvfp4", flux_nv, _exp("flux1", "diffusion-model", "nvfp4", "flow", variant="dev"), fills=q)
+    flux_fp8, q8 = _quantize_table(corpus.dit_tables()["flux1_dev"][0], "float8_e4m3fn")
+    meta = {"_quantization_metadata": json.dumps({"format_version": "1.0", "layers": {
+        k[: -len(".comfy_quant")]: {"format": "float8_e4m3fn"} for k in q8}})}
+    add("flux1_fp8_comfy_quant", flux_fp8, _exp("flux1", "diffusion-model", "fp8-scaled", "flow", variant="dev"),
+        metadata=meta, fills=q8)
+    return cases
+
+
+CASES = ["sd1_fp16", "sd1_ema_fp32", "sd1_inpaint", "sd1_ip2p", "sd1_unet_only", "sd1_diffusers", "sd2_512_eps",
+         "sd2_768_v", "sdxl_fp16", "sdxl_vpred_ztsnr", "sdxl_vpred", "sdxl_edm", "sdxl_unet_bf16", "sdxl_diffusers",
+         "sdxl_refiner", "sdxl_modelspec_says_v", "sdxl_fp8_e4m3fn", "sdxl_scaled_fp8", "sd3_medium", "sd35_large",
+         "sd35_medium", "flux1_dev", "flux1_schnell", "flux2_dev", "flux2_klein4b", "flux2_klein9b", "qwen_image",
+         "lumina2", "z_image", "cosmos_2b", "cosmos_14b", "anima", "anima_tune_32_blocks", "flux1_nvfp4",
+         "flux1_fp8_comfy_quant"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_corpus_file(corpus_files, name):
+    path, exp = corpus_files[name]
+    rep = inspect_file(path)
+    got = {k: rep[k] for k in exp}
+    assert got == exp, rep["warnings"]
+    assert rep["file"]["bytes_read"] < 2_000_000
+    assert rep["params"] > 0
+    for field in ("components", "recommended", "warnings"):
+        assert field in rep
+
+
+def test_full_size_params_and_components(corpus_files):
+    rep = inspect_file(corpus_files["sdxl_fp16"][0])
+    assert 2.55e9 < rep["params"] < 2.6e9  # the SDXL UNet has 2.567 B parameters
+    assert rep["components"] == {"denoiser": True, "vae": True, "text_encoders": ["clip-l", "clip-g"]}
+    assert rep["recommended"]["width"] == 1024
+    assert any("fp16" in w and "VAE" in w for w in rep["warnings"])
+    rep = inspect_file(corpus_files["sd1_fp16"][0])
+    assert 8.5e8 < rep["params"] < 8.7e8 and rep["recommended"]["width"] == 512
+    assert inspect_file(corpus_files["sd2_768_v"][0])["recommended"]["width"] == 768
+    z = inspect_file(corpus_files["sdxl_vpred_ztsnr"][0])
+    assert z["recommended"]["cfg"] <= 5 and z["recommended"].get("cfg_rescale") == 0.7
+    a = inspect_file(corpus_files["anima_tune_32_blocks"][0])
+    assert a["details"]["blocks"] == 32
+    assert a["recommended"] == {"width": 1024, "height": 1024, "steps": 30, "cfg": 4.0, "sampler": "er_sde",
+                                "scheduler": "simple", "shift": 3.0}
+    m = inspect_file(corpus_files["sdxl_modelspec_says_v"][0])
+    assert m["modelspec"]["prediction_type"] == "v" and any("ModelSpec" in w for w in m["warnings"])
+    u = inspect_file(corpus_files["sd1_unet_only"][0])
+    assert any("Denoiser only" in w for w in u["warnings"])
+
+
+def test_cli_json_and_dir(corpus_files):
+    path = corpus_files["sdxl_vpred_ztsnr"][0]
+    r = subprocess.run([sys.executable, "-m", "modelsmith", "inspect", str(path), "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert (rep["family"], rep["prediction"], rep["ztsnr"]) == ("sdxl", "v", True)
+    r = subprocess.run([sys.executable, "-m", "modelsmith", "inspect", str(path)], capture_output=True, text=True)
+    assert "family" in r.stdout and "sdxl" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "modelsmith", "inspect", str(path.parent)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.count("\n") >= len(CASES)
+
+
+def test_tiny_real_files(tiny_files):
+    assert inspect_file(tiny_files["sd1"])["family"] == "sd1"
+    r = inspect_file(tiny_files["sdxl_vpred_ztsnr"])
+    assert (r["family"], r["layout"], r["precision"], r["prediction"], r["ztsnr"]) == ("sdxl", "checkpoint", "fp32", "v", True)
+    assert r["components"]["vae"] and r["components"]["text_encoders"] == ["clip-l", "clip-g"]
