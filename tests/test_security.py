@@ -1,0 +1,228 @@
+"""The pickle guard and the safetensors validator against malicious and corrupt files."""
+import io
+import json
+import os
+import pickle
+import struct
+import sys
+import types
+import zipfile
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+from modelsmith.core.errors import ModelsmithError, UnsafePickleError
+from modelsmith.core.inspect import inspect_file
+from modelsmith.core.pickle_guard import load_state_dict
+from modelsmith.core.safetensors_io import SafetensorsError, parse_header_bytes, read_header
+
+
+def _payloads(marker):
+    import builtins
+    import subprocess
+    cmd = f"touch {marker}"
+    code = f"open({str(marker)!r}, 'w').write('pwned')"
+
+    class OsSystem:
+        def __reduce__(self):
+            return (os.system, (cmd,))
+
+    class Eval:
+        def __reduce__(self):
+            return (builtins.eval, (code,))
+
+    class Exec:
+        def __reduce__(self):
+            return (builtins.exec, (code,))
+
+    class Popen:
+        def __reduce__(self):
+            return (subprocess.Popen, (["touch", str(marker)],))
+
+    class Import:  # __import__('os'): the first step of a gadget chain
+        def __reduce__(self):
+            return (builtins.__import__, ("os",))
+
+    return {"os.system": OsSystem, "eval": Eval, "exec": Exec, "subprocess": Popen, "import": Import}
+
+
+def _good_sd():
+    return {"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(4, 4, 3, 3)}
+
+
+@pytest.mark.parametrize("kind", ["os.system", "eval", "exec", "subprocess", "import"])
+@pytest.mark.parametrize("container", ["torch_zip", "torch_zip_nested", "legacy_torch", "raw_protocol"])
+def test_malicious_pickles_are_refused(tmp_path, kind, container):
+    marker = tmp_path / "PWNED"
+    evil_cls = _payloads(marker)[kind]
+    path = tmp_path / "evil.ckpt"
+    if container == "torch_zip":
+        torch.save({"state_dict": _good_sd(), "x": evil_cls()}, path)
+    elif container == "torch_zip_nested":
+        torch.save({"state_dict": {**_good_sd(), "extra": [{"deep": (evil_cls(),)}]}}, path)
+    elif container == "legacy_torch":
+        torch.save({"state_dict": _good_sd(), "x": evil_cls()}, path, _use_new_zipfile_serialization=False)
+    else:
+        for proto in range(0, 6):
+            p = tmp_path / f"evil_p{proto}.ckpt"
+            p.write_bytes(pickle.dumps({"state_dict": {"a": 1}, "x": evil_cls()}, protocol=proto))
+            with pytest.raises(ModelsmithError):
+                load_state_dict(p)
+            assert not marker.exists()
+        return
+    with pytest.raises(UnsafePickleError) as e:
+        load_state_dict(path)
+    assert "not on the allowlist" in str(e.value)
+    assert not marker.exists()
+    with pytest.raises(ModelsmithError):
+        inspect_file(path)
+    assert not marker.exists()
+
+
+def test_refusal_names_the_global(tmp_path):
+    marker = tmp_path / "PWNED"
+    torch.save({"state_dict": _good_sd(), "x": _payloads(marker)["os.system"]()}, tmp_path / "a.ckpt")
+    with pytest.raises(UnsafePickleError) as e:
+        load_state_dict(tmp_path / "a.ckpt")
+    assert e.value.global_name in ("posix.system", "os.system", "nt.system")
+
+
+def _with_fake_lightning():
+    mod_names = ["pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.callbacks.model_checkpoint"]
+    mods = [types.ModuleType(n) for n in mod_names]
+
+    class ModelCheckpoint:
+        def __init__(self):
+            self.monitor = "val/loss"
+            self.best_model_path = "/logs/epoch=000.ckpt"
+    ModelCheckpoint.__module__ = mod_names[-1]
+    ModelCheckpoint.__qualname__ = "ModelCheckpoint"
+    mods[-1].ModelCheckpoint = ModelCheckpoint
+    return dict(zip(mod_names, mods)), ModelCheckpoint
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_benign_sd_style_ckpt_loads(tmp_path, legacy):
+    """An SD1-style .ckpt with training state: global_step, numpy scalars, a lightning callback object."""
+    import numpy as np
+    fake, MC = _with_fake_lightning()
+    sys.modules.update(fake)
+    try:
+        obj = {"state_dict": {**_good_sd(), "model_ema.decay": torch.tensor(0.9999)}, "global_step": 470000,
+               "epoch": np.int64(5), "loss": np.float64(0.1), "callbacks": {"ModelCheckpoint": MC()},
+               "pytorch-lightning_version": "1.4.2"}
+        torch.save(obj, tmp_path / "sd.ckpt", _use_new_zipfile_serialization=not legacy)
+    finally:
+        for n in fake:
+            sys.modules.pop(n, None)
+    sd = load_state_dict(tmp_path / "sd.ckpt")
+    assert sd["model.diffusion_model.input_blocks.0.0.weight"].shape == (4, 4, 3, 3)
+    assert "pytorch_lightning" not in sys.modules
+
+
+def test_tiny_ckpt_inspects_like_its_safetensors(tiny_files, tmp_path):
+    import safetensors.torch
+    sd = safetensors.torch.load_file(tiny_files["sdxl_vpred_ztsnr"])
+    torch.save({"state_dict": {k: v.clone() for k, v in sd.items()}, "global_step": 1}, tmp_path / "tiny.ckpt")
+    a, b = inspect_file(tmp_path / "tiny.ckpt"), inspect_file(tiny_files["sdxl_vpred_ztsnr"])
+    for k in ("family", "layout", "precision", "prediction", "ztsnr", "ema", "params"):
+        assert a[k] == b[k], k
+    assert any("pickle" in w for w in a["warnings"])
+
+
+def _st(header: dict, data: bytes = b"", raw=None, length=None):
+    h = raw if raw is not None else json.dumps(header).encode()
+    n = len(h) if length is None else length
+    return struct.pack("<Q", n) + h + data
+
+
+def _valid_header():
+    return {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "F16", "shape": [2, 2], "data_offsets": [8, 16]}}
+
+
+CORRUPT = {
+    "empty": b"",
+    "four_bytes": b"\x10\x00\x00\x00",
+    "huge_length": struct.pack("<Q", 2**63) + b"{}",
+    "length_past_end": _st({}, length=10_000),
+    "length_over_limit": struct.pack("<Q", 200_000_000) + b"{" + b" " * 100,
+    "not_utf8": _st(None, raw=b"{\xff\xfe}"),
+    "not_json": _st(None, raw=b"{not json"),
+    "json_array": _st(None, raw=b"[1, 2, 3]"),
+    "unknown_dtype": _st({"a": {"dtype": "F128", "shape": [1], "data_offsets": [0, 16]}}, b"\0" * 16),
+    "negative_shape": _st({"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}}, b"\0" * 4),
+    "float_shape": _st({"a": {"dtype": "F32", "shape": [1.5], "data_offsets": [0, 4]}}, b"\0" * 4),
+    "offsets_reversed": _st({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}, b"\0" * 4),
+    "offsets_out_of_range": _st({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4000]}}, b"\0" * 4),
+    "size_mismatch": _st({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, b"\0" * 8),
+    "overlap": _st({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                    "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 12),
+    "gap": _st({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, b"\0" * 8),
+    "duplicate_names": _st(None, raw=b'{"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}, '
+                                     b'"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', data=b"\0" * 4),
+    "metadata_not_strings": _st({"__metadata__": {"a": 1}}),
+    "truncated_data": _st(_valid_header(), b"\0" * 10),
+    "trailing_garbage": _st(_valid_header(), b"\0" * 16 + b"junk"),
+    "entry_not_object": _st({"a": [1, 2]}),
+    "missing_offsets": _st({"a": {"dtype": "F32", "shape": [1]}}, b"\0" * 4),
+    "huge_shape_claim": _st({"a": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 4]}}, b"\0" * 4),
+    "deep_nesting": _st(None, raw=b'{"a": ' + b"[" * 100000 + b"]" * 100000 + b"}"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPT))
+def test_corrupt_safetensors_give_one_clear_error(tmp_path, kind):
+    p = tmp_path / f"{kind}.safetensors"
+    p.write_bytes(CORRUPT[kind])
+    with pytest.raises(ModelsmithError) as e:
+        read_header(p)
+    assert str(p) in str(e.value) and len(str(e.value)) < 500
+    with pytest.raises(ModelsmithError):
+        inspect_file(p)
+
+
+def test_valid_header_parses(tmp_path):
+    p = tmp_path / "ok.safetensors"
+    p.write_bytes(_st(_valid_header(), b"\0" * 16))
+    h = read_header(p)
+    assert h.tensors["b"].shape == (2, 2)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(ModelsmithError, match="not found"):
+        inspect_file(tmp_path / "nope.safetensors")
+    with pytest.raises(ModelsmithError, match="folder"):
+        inspect_file(tmp_path)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=400), st.integers(min_value=0, max_value=1 << 20))
+def test_fuzz_header_parser_random_bytes(raw, data_size):
+    try:
+        parse_header_bytes(raw, data_size)
+    except SafetensorsError:
+        pass
+
+
+_json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-5, 2**64), st.floats(allow_nan=True), st.text(max_size=8))
+_json = st.recursive(_json_leaf, lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=6), c, max_size=4)),
+                     max_leaves=20)
+_entry = st.fixed_dictionaries({"dtype": st.sampled_from(["F32", "F16", "BF16", "U8", "F4", "XX", 3]),
+                                "shape": st.one_of(st.lists(st.integers(-2, 64), max_size=3), _json),
+                                "data_offsets": st.one_of(st.lists(st.integers(-2, 300), min_size=2, max_size=2), _json)})
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=5), st.one_of(_entry, _json), max_size=5), st.integers(0, 400))
+def test_fuzz_header_parser_structured(header, data_size):
+    try:
+        tensors, meta = parse_header_bytes(json.dumps(header).encode(), data_size)
+    except SafetensorsError:
+        return
+    pos = 0
+    for t in sorted(tensors.values(), key=lambda t: t.begin):
+        assert t.begin == pos
+        pos = t.end
+    assert pos == data_size
