@@ -201,32 +201,25 @@ SD2_V_PROBE = {
 }
 
 
+TEXT_ENCODER_PREFIXES = (
+    ("conditioner.embedders.0.transformer.", "clip-l"), ("cond_stage_model.transformer.", "clip-l"),
+    ("cond_stage_model.model.", "clip-h"), ("conditioner.embedders.1.model.", "clip-g"),
+    ("conditioner.embedders.0.model.", "clip-g"), ("text_encoders.clip_l.", "clip-l"),
+    ("text_encoders.clip_g.", "clip-g"), ("text_encoders.t5xxl.", "t5xxl"),
+    ("text_encoders.qwen3_06b.", "qwen3-0.6b"),
+)
+_TE_STARTS = tuple(p for p, _ in TEXT_ENCODER_PREFIXES)
+
+
 def text_encoders_in(names) -> list[str]:
-    """Text encoders baked into a single-file checkpoint."""
-    found = []
-
-    def has(prefix):
-        return any(k.startswith(prefix) for k in names)
-
-    if has("conditioner.embedders.0.transformer.") or has("cond_stage_model.transformer."):
-        found.append("clip-l")
-    if has("cond_stage_model.model."):
-        found.append("clip-h")
-    if has("conditioner.embedders.1.model.") or has("conditioner.embedders.0.model."):
-        found.append("clip-g")
-    if has("text_encoders.clip_l."):
-        found.append("clip-l")
-    if has("text_encoders.clip_g."):
-        found.append("clip-g")
-    if has("text_encoders.t5xxl."):
-        found.append("t5xxl")
-    if has("text_encoders.qwen3_06b.") or has("text_encoders.qwen3_0.6b."):
-        found.append("qwen3-0.6b")
-    out = []
-    for x in found:
-        if x not in out:
-            out.append(x)
-    return out
+    """Text encoders baked into a single-file checkpoint, in a fixed order (one pass over the names)."""
+    found = set()
+    for k in names:
+        if k.startswith(_TE_STARTS):
+            for prefix, enc in TEXT_ENCODER_PREFIXES:
+                if k.startswith(prefix):
+                    found.add(enc)
+    return [e for e in ("clip-l", "clip-h", "clip-g", "t5xxl", "qwen3-0.6b") if e in found]
 
 
 # What each family needs beside the denoiser, for the "missing" warnings.

@@ -12,6 +12,7 @@ import math
 import os
 import struct
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .errors import ModelsmithError
 
@@ -31,8 +32,7 @@ class SafetensorsError(ModelsmithError):
     pass
 
 
-@dataclass(frozen=True)
-class TensorInfo:
+class TensorInfo(NamedTuple):
     dtype: str
     shape: tuple
     begin: int
@@ -54,11 +54,11 @@ class Header:
 
 
 def _no_duplicates(pairs):
-    out = {}
-    for k, v in pairs:
-        if k in out:
-            raise SafetensorsError(f"duplicate name {k!r} in the header")
-        out[k] = v
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise SafetensorsError(f"duplicate name {dup!r} in the header")
     return out
 
 
@@ -74,7 +74,10 @@ def parse_header_bytes(raw: bytes, data_size: int, path: str = "<bytes>") -> tup
     if not text.lstrip().startswith("{"):
         raise bad("the header is not a JSON object")
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates)
+        obj = json.loads(text)
+        if isinstance(obj, dict) and text.count('"data_offsets"') != len(obj) - ("__metadata__" in obj):
+            # fewer names than entries: a duplicate name was silently merged; find it exactly
+            json.loads(text, object_pairs_hook=_no_duplicates)
     except SafetensorsError as e:
         raise bad(str(e)) from None
     except (ValueError, RecursionError) as e:
@@ -91,12 +94,16 @@ def parse_header_bytes(raw: bytes, data_size: int, path: str = "<bytes>") -> tup
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
         if dtype not in DTYPE_BITS:
             raise bad(f"tensor {name!r} has unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        if type(shape) is not list:
             raise bad(f"tensor {name!r} has an invalid shape {shape!r}")
-        if (not isinstance(offsets, list) or len(offsets) != 2
-                or not all(type(o) is int and o >= 0 for o in offsets)):
+        for d in shape:
+            if type(d) is not int or d < 0:
+                raise bad(f"tensor {name!r} has an invalid shape {shape!r}")
+        if type(offsets) is not list or len(offsets) != 2:
             raise bad(f"tensor {name!r} has invalid data_offsets {offsets!r}")
         begin, end = offsets
+        if type(begin) is not int or type(end) is not int or begin < 0:
+            raise bad(f"tensor {name!r} has invalid data_offsets {offsets!r}")
         if begin > end or end > data_size:
             raise bad(f"tensor {name!r} data_offsets {offsets} lie outside the {data_size} data bytes")
         nbits = math.prod(shape) * DTYPE_BITS[dtype]
