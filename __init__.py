@@ -10,6 +10,8 @@ in a running ComfyUI at import time.
 import importlib.util
 
 __version__ = "0.1.0"
+# the small front-end extension that shows a node's reported text inside the node
+WEB_DIRECTORY = "./web"
 _MAPPINGS = None
 
 
