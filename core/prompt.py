@@ -82,7 +82,12 @@ def escape(s: str) -> str:
 
 
 def split_top(text: str) -> list[str]:
-    """Split at commas outside (unescaped) parentheses."""
+    """Split at commas outside (unescaped) parentheses; unbalanced parentheses count as literal."""
+    parts = _split(text, True)
+    return parts if parts is not None else _split(text, False)
+
+
+def _split(text: str, nest: bool):
     parts, depth, cur, i = [], 0, [], 0
     while i < len(text):
         c = text[i]
@@ -90,10 +95,12 @@ def split_top(text: str) -> list[str]:
             cur.append(text[i:i + 2])
             i += 2
             continue
-        if c == "(":
+        if c == "(" and nest:
             depth += 1
-        elif c == ")":
-            depth = max(0, depth - 1)
+        elif c == ")" and nest:
+            if depth == 0:
+                return None
+            depth -= 1
         elif c in ",\n" and depth == 0:
             parts.append("".join(cur))
             cur = []
@@ -101,6 +108,8 @@ def split_top(text: str) -> list[str]:
             continue
         cur.append(c)
         i += 1
+    if depth:
+        return None
     parts.append("".join(cur))
     return [p.strip() for p in parts if p.strip()]
 
@@ -146,9 +155,13 @@ def classify(tag: str) -> str:
     return "general"
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]")
+
+
 def parse(text: str) -> Prompt:
     p = Prompt()
-    for seg in split_top(text or ""):
+    text = _CONTROL.sub("", text or "")
+    for seg in split_top(text):
         weight = None
         body = seg
         m = _WEIGHT.match(seg)

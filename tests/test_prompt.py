@@ -166,3 +166,35 @@ def test_normalize_node_over_http(server):
                                                                    "convention": "anima"}}}
     hist = server.queue_and_wait(g)
     assert hist["outputs"]["1"]["text"][0] == "masterpiece, 1girl, @wlop, smile"
+
+
+@pytest.mark.parametrize("text,conv,expected", CASES)
+def test_round_trip_table(text, conv, expected):
+    once = P.normalize(text, conv)
+    assert P.normalize(once, conv) == once
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_pieces = st.sampled_from(["1girl", "1boy", "masterpiece", "score_9", "@wlop", "@@x", "long_hair", "(smile:1.2)",
+                           "(smile)", "^_^", "hatsune miku \\(cosplay\\)", "name (series)", "year 2024", "newest",
+                           "rating_explicit", "safe", "A girl in the rain.", "source_anime", "ye-pop", "(a, b:1.1)",
+                           "Big  Tag", "x", "", " ", "(", ")", "\\", ":", "((double))", "(tag:abc)"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_pieces, st.text(max_size=12)), max_size=12), st.sampled_from(P.CONVENTIONS))
+def test_round_trip_fuzz(parts, conv):
+    text = ", ".join(parts)
+    once = P.normalize(text, conv)
+    assert isinstance(once, str)
+    assert P.normalize(once, conv) == once
+
+
+@pytest.mark.parametrize("text", ["", "   ", ",,,,", "(((", ")))", "(smile:1.2", "smile:1.2)", "\x00\x01\x07 tag\x1b[31m",
+                                  "tag\u200b, \ufeff1girl", "a" * 100_000, ", ".join(["tag%d" % i for i in range(10_000)])])
+def test_bad_input_gives_a_usable_result(text):
+    for conv in P.CONVENTIONS:
+        out = P.normalize(text, conv)
+        assert isinstance(out, str)
+        assert "\x00" not in out and "\x1b" not in out
