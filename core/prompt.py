@@ -91,7 +91,7 @@ def _split(text: str, nest: bool):
     parts, depth, cur, i = [], 0, [], 0
     while i < len(text):
         c = text[i]
-        if c == "\\" and i + 1 < len(text):
+        if c == "\\" and i + 1 < len(text) and text[i + 1] in "()":
             cur.append(text[i:i + 2])
             i += 2
             continue
@@ -124,6 +124,7 @@ def is_emoticon(s: str) -> bool:
 
 
 def normalize_tag(s: str) -> str:
+    s = re.sub(r"\\(?![()])", "", s)  # a backslash only ever escapes a parenthesis
     s = unescape(s).strip()
     if is_emoticon(s.lower()):
         return s.lower()

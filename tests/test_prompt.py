@@ -192,7 +192,7 @@ def test_round_trip_fuzz(parts, conv):
 
 
 @pytest.mark.parametrize("text", ["", "   ", ",,,,", "(((", ")))", "(smile:1.2", "smile:1.2)", "\x00\x01\x07 tag\x1b[31m",
-                                  "tag\u200b, \ufeff1girl", "a" * 100_000, ", ".join(["tag%d" % i for i in range(10_000)])])
+                                  "tag\u200b, \ufeff1girl", "(a, b:1.1), \\", "a" * 100_000, ", ".join(["tag%d" % i for i in range(10_000)])])
 def test_bad_input_gives_a_usable_result(text):
     for conv in P.CONVENTIONS:
         out = P.normalize(text, conv)
