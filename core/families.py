@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 
-DENOISER_PREFIXES = ("model.diffusion_model.", "net.", "model.")
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 
 # Prediction type each flow family always uses.
@@ -32,21 +31,6 @@ RECOMMENDED = {
     "anima": dict(width=1024, height=1024, steps=30, cfg=4.0, sampler="er_sde", scheduler="simple", shift=3.0),
     "unknown": dict(width=1024, height=1024, steps=25, cfg=5.0, sampler="euler", scheduler="normal"),
 }
-
-MODELSPEC_ARCH = {
-    "sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sd2-768-v": "stable-diffusion-v2-768-v",
-    "sdxl": "stable-diffusion-xl-v1-base", "sdxl-refiner": "stable-diffusion-xl-v1-refiner",
-    "sd3": "stable-diffusion-v3-medium", "sd3.5-medium": "stable-diffusion-v3.5-medium",
-    "sd3.5-large": "stable-diffusion-v3.5-large", "flux1": "flux-1-dev", "lumina2": "lumina-2",
-    "anima": "anima-preview", "cosmos-predict2": "cosmos-predict2", "flux2": "flux-2",
-    "qwen-image": "qwen-image", "z-image": "z-image",
-}
-
-
-def split_prefix(names, prefix):
-    n = len(prefix)
-    return {k[n:] for k in names if k.startswith(prefix)}
-
 
 def count_indexed(keys, stem):
     """How many consecutive blocks `stem.N.` exist (max index + 1)."""

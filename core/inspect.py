@@ -87,8 +87,14 @@ def _params(den: dict, quant_formats: dict, prefix: str) -> int:
     return total
 
 
-def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None, source="safetensors") -> dict:
-    """The inspection report for a {name: (dtype, shape)} table."""
+def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None, source="safetensors",
+                    values=None) -> dict:
+    """The inspection report for a {name: (dtype, shape)} table.
+
+    `values(name)` returns one small tensor's values as floats (or None); by default it reads them
+    from the safetensors `header`'s file. Only SD2's v/eps test needs it."""
+    if values is None:
+        values = (lambda name: _read_values(header, tensors, name)) if header is not None else (lambda name: None)
     metadata = metadata or {}
     names = tensors.keys()
     warnings = []
@@ -139,7 +145,7 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
         elif "v_pred" in tensors:
             pred = "v"
         elif family == "sd2" and report["details"].get("in_channels") == 4:
-            pred = _sd2_prediction(header, tensors, layout, report)
+            pred = _sd2_prediction(values, tensors, layout, report)
         else:
             pred = "eps"
     report["prediction"] = pred
@@ -173,16 +179,17 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
     return report
 
 
-def _sd2_prediction(header, tensors, layout, report):
-    name = fam.SD2_V_PROBE.get(layout)
-    if name not in tensors:
-        return None
-    if header is None:
-        return None  # pickles: _with_probe decides from the values the guard read
+def _read_values(header, tensors, name):
     try:
-        vals = decode_floats(tensors[name][0], read_tensor_bytes(header, name, 1 << 16))
+        return decode_floats(tensors[name][0], read_tensor_bytes(header, name, 1 << 16))
     except ModelsmithError:
-        vals = None
+        return None
+
+
+def _sd2_prediction(values, tensors, layout, report):
+    """ComfyUI's test: SD2-768-v when the std of one norm bias exceeds 0.09."""
+    name = fam.SD2_V_PROBE.get(layout)
+    vals = values(name) if name in tensors else None
     if not vals:
         return None
     std = statistics.pstdev(vals) if len(vals) > 1 else 0.0
@@ -234,7 +241,7 @@ def inspect_file(path: str | os.PathLike) -> dict:
     if lower.endswith(PICKLE_EXTS) or _looks_like_pickle(path):
         from .pickle_guard import load_state_dict_table
         tensors, probe = load_state_dict_table(path, probe_names=tuple(fam.SD2_V_PROBE.values()))
-        report = _with_probe(tensors, probe)
+        report = inspect_tensors(tensors, {}, source="pickle", values=probe.get)
         report["file"] = {"path": path, "format": "pickle", "size": os.path.getsize(path)}
         return report
     header = read_header(path)
@@ -245,19 +252,6 @@ def inspect_file(path: str | os.PathLike) -> dict:
     if header.metadata:
         report["metadata_keys"] = sorted(header.metadata)[:50]
     return report
-
-
-def _with_probe(tensors, probe):
-    """Report for a pickle: the guard already handed back the SD2 probe tensor's values."""
-    rep = inspect_tensors(tensors, {}, header=None, source="pickle")
-    if rep["family"] == "sd2" and rep["details"].get("in_channels") == 4 and probe:
-        vals = next(iter(probe.values()))
-        std = statistics.pstdev(vals) if len(vals) > 1 else 0.0
-        rep["details"]["sd2_probe_std"] = round(std, 5)
-        rep["prediction"] = "v" if std > 0.09 else "eps"
-        if rep["prediction"] == "v":
-            rep["recommended"] = dict(fam.RECOMMENDED["sd2-768-v"])
-    return rep
 
 
 def _looks_like_pickle(path):

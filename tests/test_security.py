@@ -226,3 +226,16 @@ def test_fuzz_header_parser_structured(header, data_size):
         assert t.begin == pos
         pos = t.end
     assert pos == data_size
+
+
+@pytest.mark.parametrize("std,expected", [(0.3, "v"), (0.01, "eps")])
+def test_sd2_pickle_v_or_eps_from_the_probe_tensor(tmp_path, std, expected):
+    g = torch.Generator().manual_seed(0)
+    pre = "model.diffusion_model."
+    sd = {pre + "input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3),
+          pre + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.zeros(320, 1024),
+          pre + "output_blocks.11.1.transformer_blocks.0.norm1.bias": torch.randn(320, generator=g) * std}
+    torch.save({"state_dict": sd}, tmp_path / "sd2.ckpt")
+    rep = inspect_file(tmp_path / "sd2.ckpt")
+    assert (rep["family"], rep["prediction"]) == ("sd2", expected)
+    assert rep["recommended"]["width"] == (768 if expected == "v" else 512)
