@@ -192,17 +192,17 @@ TEXT_ENCODER_PREFIXES = (
     ("text_encoders.clip_g.", "clip-g"), ("text_encoders.t5xxl.", "t5xxl"),
     ("text_encoders.qwen3_06b.", "qwen3-0.6b"),
 )
-_TE_STARTS = tuple(p for p, _ in TEXT_ENCODER_PREFIXES)
 
 
-def text_encoders_in(names) -> list[str]:
-    """Text encoders baked into a single-file checkpoint, in a fixed order (one pass over the names)."""
-    found = set()
-    for k in names:
-        if k.startswith(_TE_STARTS):
-            for prefix, enc in TEXT_ENCODER_PREFIXES:
-                if k.startswith(prefix):
-                    found.add(enc)
+def prefix_set(names, depth: int = 4) -> set:
+    """Every dotted prefix ("a.", "a.b.", ... up to `depth` parts, dot included) of the names."""
+    deep = {tuple(k.split(".", depth)[:depth]) for k in names}
+    return {".".join(parts[:i]) + "." for parts in deep for i in range(1, len(parts) + 1)}
+
+
+def text_encoders_in(heads: set) -> list[str]:
+    """Text encoders baked into a single-file checkpoint, from its prefix_set(), in a fixed order."""
+    found = {enc for prefix, enc in TEXT_ENCODER_PREFIXES if prefix in heads}
     return [e for e in ("clip-l", "clip-h", "clip-g", "t5xxl", "qwen3-0.6b") if e in found]
 
 

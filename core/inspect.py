@@ -25,66 +25,61 @@ MARKER_KEYS = ("v_pred", "ztsnr", "edm_mean", "edm_std", "edm_vpred.sigma_max", 
                "scaled_fp8")
 
 
-def _precision(den: dict, quant_formats: dict, legacy_fp8: bool) -> str:
-    """Storage of the denoiser: the dtype of its matrices (2-D and up), quantization first."""
-    if quant_formats:
-        fmts = set(quant_formats.values())
-        if fmts == {"nvfp4"}:
-            return "nvfp4"
-        if fmts <= {"float8_e4m3fn", "float8_e5m2", "fp8_e4m3fn", "fp8_e5m2", "float8_e4m3fn_scaled"}:
-            return "fp8-scaled"
-        return "mixed"
-    if legacy_fp8:
-        return "fp8-scaled"
-    weight_by_dtype = {}
-    for name, (dtype, shape) in den.items():
-        if len(shape) >= 2 and dtype in FLOAT_DTYPES:
-            weight_by_dtype[dtype] = weight_by_dtype.get(dtype, 0) + math.prod(shape)
-    if not weight_by_dtype:
-        return "mixed"
-    total = sum(weight_by_dtype.values())
-    dtype, count = max(weight_by_dtype.items(), key=lambda kv: kv[1])
-    if count >= 0.99 * total:
-        return ST_TO_NAME.get(dtype, dtype.lower())
-    return "mixed"
+SCALE_SUFFIXES = (".comfy_quant", ".weight_scale", ".weight_scale_2", ".input_scale", ".scale_weight", ".scale_input")
+FP8_FORMATS = {"float8_e4m3fn", "float8_e5m2", "fp8_e4m3fn", "fp8_e5m2", "float8_e4m3fn_scaled"}
 
 
-def _quant_formats(header, tensors: dict) -> dict:
-    """Layer -> format from per-layer `comfy_quant` tensors or the `_quantization_metadata` header."""
+def _quant_formats(header, den: dict, prefix: str, metadata: dict) -> dict:
+    """Denoiser layer -> format, from per-layer `comfy_quant` tensors or `_quantization_metadata`."""
     formats = {}
-    if header is not None:
-        meta = header.metadata.get("_quantization_metadata")
-        if meta:
+    meta = metadata.get("_quantization_metadata")
+    if meta:
+        try:
+            for layer, conf in json.loads(meta).get("layers", {}).items():
+                formats[layer[len(prefix):] if prefix and layer.startswith(prefix) else layer] = conf.get("format", "?")
+        except (ValueError, AttributeError):
+            pass
+    for name, (dtype, shape) in den.items():
+        if not name.endswith(".comfy_quant"):
+            continue
+        layer = name[: -len(".comfy_quant")]
+        formats[layer] = "?"
+        if header is not None and math.prod(shape) <= 4096:
             try:
-                for layer, conf in json.loads(meta).get("layers", {}).items():
-                    formats[layer] = conf.get("format", "?")
-            except (ValueError, AttributeError):
+                conf = json.loads(read_tensor_bytes(header, prefix + name, 4096).decode("utf-8"))
+                formats[layer] = conf.get("format", "?")
+            except (ValueError, UnicodeDecodeError, AttributeError, ModelsmithError):
                 pass
-        for name, (dtype, shape) in tensors.items():
-            if name.endswith(".comfy_quant") and math.prod(shape) <= 4096:
-                try:
-                    conf = json.loads(bytes(read_tensor_bytes(header, name, 4096)).decode("utf-8"))
-                    formats[name[: -len(".comfy_quant")]] = conf.get("format", "?")
-                except (ValueError, UnicodeDecodeError, ModelsmithError):
-                    formats[name[: -len(".comfy_quant")]] = "?"
-    else:
-        for name in tensors:
-            if name.endswith(".comfy_quant"):
-                formats[name[: -len(".comfy_quant")]] = "?"
     return formats
 
 
-def _params(den: dict, quant_formats: dict, prefix: str) -> int:
-    total = 0
+def _denoiser_stats(den: dict, quant: dict) -> tuple[str, int]:
+    """(precision, parameter count) of the denoiser in one pass.
+
+    Precision is the storage of its matrices (2-D and up), quantization first; nvfp4 weights count
+    two parameters per byte; scales, markers and comfy_quant tensors are not parameters."""
+    weight_by_dtype, params, legacy_fp8 = {}, 0, False
     for name, (dtype, shape) in den.items():
-        if name in MARKER_KEYS or name.endswith((".comfy_quant", ".weight_scale", ".weight_scale_2",
-                                                  ".input_scale", ".scale_weight", ".scale_input")):
+        if name in MARKER_KEYS or name.endswith(SCALE_SUFFIXES):
+            legacy_fp8 = legacy_fp8 or name == "scaled_fp8" or name.endswith(".scale_weight")
             continue
         n = math.prod(shape)
-        if name.endswith(".weight") and quant_formats.get(prefix + name[: -len(".weight")]) == "nvfp4":
-            n *= 2  # two E2M1 values per byte
-        total += n
-    return total
+        if quant and name.endswith(".weight") and quant.get(name[:-7]) == "nvfp4":
+            n *= 2
+        params += n
+        if len(shape) >= 2 and dtype in FLOAT_DTYPES:
+            weight_by_dtype[dtype] = weight_by_dtype.get(dtype, 0) + n
+    if quant:
+        fmts = set(quant.values())
+        precision = "nvfp4" if fmts == {"nvfp4"} else "fp8-scaled" if fmts <= FP8_FORMATS else "mixed"
+    elif legacy_fp8:
+        precision = "fp8-scaled"
+    elif weight_by_dtype:
+        dtype, count = max(weight_by_dtype.items(), key=lambda kv: kv[1])
+        precision = ST_TO_NAME.get(dtype, dtype.lower()) if count >= 0.99 * sum(weight_by_dtype.values()) else "mixed"
+    else:
+        precision = "mixed"
+    return precision, params
 
 
 def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None, source="safetensors",
@@ -106,16 +101,16 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
     if prefix == "" and layout is not None:
         den = {k: v for k, v in tensors.items() if not k.startswith(fam.VAE_PREFIXES + ("text_encoders.", "conditioner.", "cond_stage_model."))}
     family, variant, details = fam.detect_family(den, layout) if den else ("unknown", None, {})
-    vae = any(k.startswith("first_stage_model.") for k in names) or (
-        layout == "checkpoint" and any(k.startswith("vae.") for k in names))
-    encoders = fam.text_encoders_in(names)
+    heads = fam.prefix_set(names)
+    vae = "first_stage_model." in heads or (layout == "checkpoint" and "vae." in heads)
+    encoders = fam.text_encoders_in(heads)
     report["components"] = {"denoiser": bool(den), "vae": vae, "text_encoders": encoders}
     report["family"], report["variant"] = family, variant
     report["details"] = details
 
     if not den:
         report["layout"] = None
-        if any(k.startswith(("encoder.", "decoder.")) for k in names):
+        if "encoder." in heads or "decoder." in heads:
             report["components"]["vae"] = True
             report["kind"] = "vae"
         elif "model.layers.0.self_attn.q_norm.weight" in tensors:
@@ -126,12 +121,13 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
             report["kind"] = "text-encoder"
         warnings.append("No denoiser (UNet/DiT) found in this file; it is not a checkpoint to sample from.")
 
-    quant = _quant_formats(header, tensors)
-    legacy_fp8 = "scaled_fp8" in tensors or any(k.endswith(".scale_weight") for k in names)
-    report["precision"] = _precision(den, quant, legacy_fp8) if den else None
+    if "scaled_fp8" in tensors and den:
+        den.setdefault("scaled_fp8", tensors["scaled_fp8"])
+    quant = _quant_formats(header, den, prefix or "", metadata)
+    precision, report["params"] = _denoiser_stats(den, quant)
+    report["precision"] = precision if den else None
     if quant:
         report["quantized_layers"] = len(quant)
-    report["params"] = _params(den, quant, prefix or "")
 
     # prediction
     pred = None
@@ -150,8 +146,8 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
             pred = "eps"
     report["prediction"] = pred
     report["ztsnr"] = "ztsnr" in tensors
-    report["ema"] = any(k.startswith("model_ema.") and k not in ("model_ema.decay", "model_ema.num_updates")
-                        for k in names)
+    report["ema"] = "model_ema." in heads and any(
+        k.startswith("model_ema.") and k not in ("model_ema.decay", "model_ema.num_updates") for k in names)
 
     # recommended settings
     key = family
