@@ -84,7 +84,16 @@ def escape(s: str) -> str:
 def split_top(text: str) -> list[str]:
     """Split at commas outside (unescaped) parentheses; unbalanced parentheses count as literal."""
     parts = _split(text, True)
-    return parts if parts is not None else _split(text, False)
+    if parts is None:
+        return _split(text, False)
+    out = []
+    for seg in parts:
+        # commas inside parentheses only group when the parentheses enclose the whole item
+        if "," in seg and not (seg.startswith("(") and seg.endswith(")")):
+            out += _split(seg, False)
+        else:
+            out.append(seg)
+    return out
 
 
 def _split(text: str, nest: bool):
@@ -181,10 +190,15 @@ def parse(text: str) -> Prompt:
         tag = normalize_tag(body)
         if not tag:
             continue
+        if weight is None and is_sentence(tag):  # reads as a sentence once underscores are spaces
+            p.items.append(Item(tag, None, "nl"))
+            continue
         if tag.startswith("artist:"):
             tag = "@" + tag[len("artist:"):].strip()
         if tag.startswith("@"):
-            tag = "@" + tag.lstrip("@").strip()
+            tag = "@" + re.sub(r"^[@\s]+", "", tag)
+            if tag == "@":
+                continue  # an '@' with no name says nothing
         p.items.append(Item(tag, weight, classify(tag)))
     return p
 
