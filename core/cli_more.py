@@ -23,3 +23,101 @@ def register(sub) -> None:
     s.add_argument("--convention", choices=CONVENTIONS, default="anima")
     s.add_argument("--negative", action="store_true", help="print the convention's preset negative prompt")
     s.set_defaults(func=cmd_prompt)
+    register_tools(sub)
+
+
+def _progress(desc):
+    """A progress callback (done, total) drawing a bar on stderr."""
+    state = {"last": -1}
+
+    def cb(done, total):
+        pct = int(100 * done / max(1, total))
+        if pct != state["last"]:
+            state["last"] = pct
+            bar = "#" * (pct // 4)
+            print(f"\r{desc} [{bar:<25}] {pct:3d}% ({done}/{total} tensors)", end="", file=sys.stderr, flush=True)
+            if done == total:
+                print(file=sys.stderr)
+    return cb
+
+
+def _output_path(path, keep_name):
+    import os
+    from .files import safe_filename
+    folder, name = os.path.split(path)
+    if not keep_name:
+        safe = safe_filename(name)
+        if not safe.lower().endswith(".safetensors"):
+            safe = os.path.splitext(safe)[0] + ".safetensors"
+        if safe != name:
+            print(f"note: writing {safe} (ASCII, no spaces); use --keep-name to keep {name!r}", file=sys.stderr)
+        name = safe
+    return os.path.join(folder, name)
+
+
+def cmd_convert(args) -> int:
+    from .convert import run_convert
+    out = _output_path(args.output, args.keep_name)
+    rep = run_convert(args.input, out, dtype=args.dtype, ema=args.ema, vae=args.vae or "keep",
+                      overwrite=args.overwrite, progress=_progress("convert"))
+    print(f"wrote {rep['output']} ({rep['tensors']} tensors" +
+          (f", {rep['dropped_ema']} EMA tensors dropped" if rep["dropped_ema"] else "") + ")")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from .blocks import parse_block_weights
+    from .inspect import inspect_file
+    from .merge import Recipe, run_merge
+    if args.recipe:
+        with open(args.recipe) as f:
+            recipe = Recipe.from_json(f.read())
+        output = args.models[-1] if args.models else recipe.output
+        if not output:
+            print("modelsmith: give an output file", file=sys.stderr)
+            return 2
+    else:
+        if len(args.models) < 3:
+            print("modelsmith: merge needs A B [C] OUT", file=sys.stderr)
+            return 2
+        *inputs, output = args.models
+        blocks = {}
+        if args.blocks:
+            rep = inspect_file(inputs[0])
+            blocks = parse_block_weights(args.blocks, rep["family"], rep.get("details", {}).get("blocks", 28))
+        recipe = Recipe(method=args.method, inputs=inputs, alpha=args.alpha, blocks=blocks, density=args.density,
+                        drop=args.drop, seed=args.seed, dtype=args.dtype, keep_ztsnr=args.keep_ztsnr)
+    out = _output_path(output, args.keep_name)
+    rep = run_merge(recipe, out, overwrite=args.overwrite, progress=_progress("merge"))
+    for w in rep["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"wrote {rep['output']} ({rep['counts']['merged']} tensors merged); recipe: {rep['output']}.recipe.json")
+    return 0
+
+
+def register_tools(sub) -> None:
+    from .merge import METHODS
+    c = sub.add_parser("convert", help="convert/prune a checkpoint to safetensors (dtype, EMA, VAE, ModelSpec)")
+    c.add_argument("input", help="a .safetensors or .ckpt/.pt/.pth checkpoint")
+    c.add_argument("output", help="the .safetensors file to write")
+    c.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
+    c.add_argument("--ema", choices=["keep", "drop", "only"], default="drop",
+                   help="drop EMA weights (default), keep them, or use only them (emaonly)")
+    c.add_argument("--vae", help="'strip' to remove the baked-in VAE, or a VAE file to bake in")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    c.add_argument("--keep-name", action="store_true", help="keep spaces/non-ASCII in the output name")
+    c.set_defaults(func=cmd_convert)
+    m = sub.add_parser("merge", help="merge checkpoints, streaming: A B [C] OUT")
+    m.add_argument("models", nargs="*", help="A B [C] OUT (C for add_difference, ties, dare)")
+    m.add_argument("--method", choices=sorted(METHODS), default="weighted_sum")
+    m.add_argument("--alpha", type=float, default=0.5, help="merge ratio (B's share)")
+    m.add_argument("--blocks", help='block weights: "BASE:0.5,IN00:0.2,..." or one number per block')
+    m.add_argument("--density", type=float, default=0.2, help="TIES: fraction of each task vector kept")
+    m.add_argument("--drop", type=float, default=0.9, help="DARE: drop probability")
+    m.add_argument("--seed", type=int, default=0, help="DARE: random seed")
+    m.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="output dtype (default: A's)")
+    m.add_argument("--keep-ztsnr", action="store_true", help="write the ztsnr marker even if not all inputs have it")
+    m.add_argument("--recipe", help="replay a saved recipe JSON (OUT optional)")
+    m.add_argument("--overwrite", action="store_true")
+    m.add_argument("--keep-name", action="store_true")
+    m.set_defaults(func=cmd_merge)

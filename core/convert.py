@@ -1,0 +1,138 @@
+"""Convert and prune checkpoints for distribution, streaming tensor by tensor.
+
+- `.ckpt/.pt/.pth` inputs are read through the pickle guard; safetensors are streamed.
+- dtype: floating tensors cast to fp16 / bf16 / fp32 (markers and integers untouched).
+- EMA: keep, drop (remove `model_ema.*`), or only (copy EMA values into `model.diffusion_model.*`,
+  as "emaonly" files do, then drop `model_ema.*`). Optimizer and training state never reach the output
+  (only the state dict's tensors are read).
+- VAE: keep, strip (`first_stage_model.*` removed), or bake in a VAE file under `first_stage_model.`.
+- ModelSpec metadata with architecture, title, resolution, prediction type and `hash_sha256`.
+"""
+from __future__ import annotations
+
+import os
+
+from .errors import ModelsmithError
+
+DTYPES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}
+FLOAT = {"F16", "BF16", "F32", "F64"}
+DENOISER = "model.diffusion_model."
+VAE = "first_stage_model."
+
+
+def ema_key(key: str) -> str:
+    """The SD1 EMA name of a denoiser key: 'model_ema.' + the name after 'model.' without dots."""
+    return "model_ema." + key[len("model."):].replace(".", "")
+
+
+class _PickleSource:
+    def __init__(self, path):
+        from .pickle_guard import load_state_dict
+        from .stream import st_dtype
+        self.sd = load_state_dict(path)
+        self.table = {k: (st_dtype(v.dtype), tuple(v.shape)) for k, v in self.sd.items()}
+
+    def keys(self):
+        return self.table.keys()
+
+    def get(self, k):
+        return self.sd[k]
+
+    def close(self):
+        self.sd = None
+
+
+class _SafetensorsSource:
+    def __init__(self, path):
+        from .stream import Reader
+        self.r = Reader(path)
+        self.table = {k: (t.dtype, t.shape) for k, t in self.r.header.tensors.items()}
+
+    def keys(self):
+        return self.table.keys()
+
+    def get(self, k):
+        return self.r.get(k)
+
+    def close(self):
+        self.r.close()
+
+
+def open_source(path):
+    from .inspect import PICKLE_EXTS
+    path = os.fspath(path)
+    if path.lower().endswith(PICKLE_EXTS):
+        return _PickleSource(path)
+    return _SafetensorsSource(path)
+
+
+def plan(table: dict, *, dtype=None, ema="keep", vae="keep", vae_table=None) -> dict:
+    """output name -> (source, source key, out dtype, shape); source is 'model' or 'vae'."""
+    if ema not in ("keep", "drop", "only"):
+        raise ModelsmithError("ema must be keep, drop or only")
+    out = {}
+    has_ema = any(k.startswith("model_ema.") for k in table)
+    if ema == "only" and not has_ema:
+        raise ModelsmithError("--ema only: this checkpoint has no EMA weights (model_ema.*)")
+    for k, (dt, shape) in table.items():
+        if k.startswith("model_ema.") and ema != "keep":
+            continue
+        if k.startswith(VAE) and vae != "keep":
+            continue
+        src_key = k
+        if ema == "only" and k.startswith(DENOISER) and ema_key(k) in table:
+            src_key = ema_key(k)
+            if tuple(table[src_key][1]) != tuple(shape):
+                raise ModelsmithError(f"EMA tensor {src_key} has shape {table[src_key][1]}, model has {shape}")
+        out_dt = DTYPES[dtype] if dtype and dt in FLOAT else dt
+        out[k] = ("model", src_key, out_dt, shape)
+    if vae_table is not None:
+        for k, (dt, shape) in vae_table.items():
+            name = k if k.startswith(VAE) else VAE + k
+            out[name] = ("vae", k, DTYPES[dtype] if dtype and dt in FLOAT else dt, shape)
+    return out
+
+
+def run_convert(src_path, output, *, dtype="fp16", ema="keep", vae="keep", overwrite=False, progress=None,
+                title=None) -> dict:
+    """Convert `src_path` into a safetensors file at `output`. vae: 'keep', 'strip' or a VAE file path."""
+    from .inspect import inspect_file, inspect_tensors
+    from .modelspec import modelspec_for
+    from .stream import AtomicWriter, torch_dtype
+
+    if dtype is not None and dtype not in DTYPES:
+        raise ModelsmithError(f"dtype must be one of {', '.join(DTYPES)}")
+    report = inspect_file(src_path)
+    vae_src = None
+    vae_mode = vae
+    if vae not in ("keep", "strip"):
+        vae_rep = inspect_file(vae)
+        if vae_rep.get("kind") != "vae" and not vae_rep["components"].get("vae"):
+            raise ModelsmithError(f"{vae}: not a VAE file")
+        vae_src = open_source(vae)
+        vae_mode = "strip"  # replaced by the baked-in one
+    src = open_source(src_path)
+    try:
+        vae_table = None
+        if vae_src is not None:
+            vae_table = {k[len(VAE):] if k.startswith(VAE) else k: v for k, v in vae_src.table.items()
+                         if k.startswith(VAE) or not k.startswith(("model.", "cond_stage_model.", "conditioner."))}
+            vae_keys = {k[len(VAE):] if k.startswith(VAE) else k: k for k in vae_src.table}
+        p = plan(src.table, dtype=dtype, ema=ema, vae=vae_mode, vae_table=vae_table)
+        out_report = inspect_tensors({k: (v[2], v[3]) for k, v in p.items()}, {})
+        meta = modelspec_for({**report, "layout": out_report["layout"]},
+                             title=title or os.path.splitext(os.path.basename(output))[0])
+        with AtomicWriter(output, {k: (v[2], v[3]) for k, v in p.items()}, meta, overwrite=overwrite,
+                          hash_key="modelspec.hash_sha256") as w:
+            for i, (k, (where, sk, dt, shape)) in enumerate(p.items()):
+                t = src.get(sk) if where == "model" else vae_src.get(vae_keys[sk])
+                w.add(k, t.to(torch_dtype(dt)))
+                if progress:
+                    progress(i + 1, len(p))
+    finally:
+        src.close()
+        if vae_src is not None:
+            vae_src.close()
+    dropped_ema = sum(1 for k in src.table if k.startswith("model_ema.")) if ema != "keep" else 0
+    return {"output": output, "tensors": len(p), "dropped_ema": dropped_ema, "family": report["family"],
+            "warnings": report["warnings"]}

@@ -1,0 +1,216 @@
+"""Merge methods as small functions over tensors, a recipe as data, and a streaming merge.
+
+Methods (all compute in float32 and return float32; the writer casts to the output dtype):
+  weighted_sum    A*(1-a) + B*a
+  add_difference  A + (B - C)*a
+  ties            C + a * TIES(A - C, B - C)        (keep the top `density` magnitudes, ties at the
+                                                    threshold kept; elect sign; disjoint mean)
+  dare            A + a * DARE(B - C)               (drop with probability `drop`, rescale, seeded per key)
+  slerp           spherical interpolation of A and B by a (linear when nearly parallel)
+Block weights replace `a` per block (core/blocks.py).
+
+Rules: inputs of different families are refused before any work. A key missing from B (or C)
+is copied from A; keys only in B/C are left out; shape mismatches keep A's tensor; non-float
+tensors (markers, ints) come from A. Every such case is counted in the report. The output takes
+A's dtype unless one is given. A `ztsnr` marker is written only when every input has it or the
+recipe asks for it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import asdict, dataclass, field
+
+from . import blocks as blk
+from .errors import ModelsmithError
+
+METHODS = {}
+NEEDS_C = {"add_difference", "ties", "dare"}
+
+
+def method(name):
+    def reg(fn):
+        METHODS[name] = fn
+        return fn
+    return reg
+
+
+@method("weighted_sum")
+def weighted_sum(a, b, c, alpha, **kw):
+    return a * (1 - alpha) + b * alpha
+
+
+@method("add_difference")
+def add_difference(a, b, c, alpha, **kw):
+    return a + (b - c) * alpha
+
+
+@method("ties")
+def ties(a, b, c, alpha, density=0.2, **kw):
+    import torch
+    deltas = torch.stack([a - c, b - c])
+    if density < 1.0:
+        k = max(1, int(round(density * deltas[0].numel())))
+        flat = deltas.reshape(2, -1).abs()
+        thresh = flat.kthvalue(flat.shape[1] - k + 1, dim=1).values.view(2, *([1] * (deltas.ndim - 1)))
+        deltas = torch.where(deltas.abs() >= thresh, deltas, torch.zeros_like(deltas))
+    sign = torch.sign(deltas.sum(0))
+    agree = (torch.sign(deltas) == sign) & (deltas != 0)
+    total = (deltas * agree).sum(0)
+    count = agree.sum(0).clamp(min=1)
+    return c + alpha * total / count
+
+
+def _key_generator(seed: int, key: str):
+    import torch
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + zlib.crc32(key.encode())) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+@method("dare")
+def dare(a, b, c, alpha, drop=0.9, seed=0, key="", **kw):
+    import torch
+    delta = b - c
+    keep = torch.rand(delta.shape, generator=_key_generator(seed, key)) >= drop
+    return a + alpha * delta * keep / (1.0 - drop)
+
+
+@method("slerp")
+def slerp(a, b, c, alpha, eps=1e-8, **kw):
+    import torch
+    fa, fb = a.reshape(-1), b.reshape(-1)
+    na, nb = fa.norm(), fb.norm()
+    if na < eps or nb < eps:
+        return a * (1 - alpha) + b * alpha
+    dot = torch.clamp((fa / na) @ (fb / nb), -1.0, 1.0)
+    omega = torch.arccos(dot)
+    if omega.abs() < 1e-4:
+        return a * (1 - alpha) + b * alpha
+    so = torch.sin(omega)
+    return (torch.sin((1 - alpha) * omega) / so) * a + (torch.sin(alpha * omega) / so) * b
+
+
+@dataclass
+class Recipe:
+    method: str
+    inputs: list
+    output: str = ""
+    alpha: float = 0.5
+    blocks: dict = field(default_factory=dict)
+    density: float = 0.2
+    drop: float = 0.9
+    seed: int = 0
+    dtype: str | None = None
+    keep_ztsnr: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps({"modelsmith_recipe": 1, **asdict(self)}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Recipe":
+        d = json.loads(text)
+        d.pop("modelsmith_recipe", None)
+        return cls(**d)
+
+    def validate(self):
+        if self.method not in METHODS:
+            raise ModelsmithError(f"unknown merge method {self.method!r}; choose one of {', '.join(METHODS)}")
+        need = 3 if self.method in NEEDS_C else 2
+        if len(self.inputs) != need:
+            raise ModelsmithError(f"{self.method} needs {need} input models (A B{' C' if need == 3 else ''}), "
+                                  f"got {len(self.inputs)}")
+
+
+def merge_tensor(recipe: Recipe, key: str, a, b, c, family: str):
+    """One merged tensor (float32) for `key`, honouring block weights."""
+    alpha = recipe.blocks.get(blk.block_of(key, family), recipe.alpha) if recipe.blocks else recipe.alpha
+    fn = METHODS[recipe.method]
+    a32, b32 = a.float(), b.float()
+    c32 = c.float() if c is not None else None
+    return fn(a32, b32, c32, alpha, density=recipe.density, drop=recipe.drop, seed=recipe.seed, key=key)
+
+
+def run_merge(recipe: Recipe, output: str, *, overwrite=False, progress=None, metadata_extra=None) -> dict:
+    """Stream the merge of recipe.inputs into `output`. Returns a report (counts, warnings, path)."""
+    from .inspect import inspect_file
+    from .modelspec import modelspec_for
+    from .stream import AtomicWriter, Reader, st_dtype, torch_dtype
+
+    recipe.validate()
+    reports = [inspect_file(p) for p in recipe.inputs]
+    fams = {r["family"] for r in reports}
+    if len(fams) != 1:
+        raise ModelsmithError("cannot merge models of different families: " +
+                              ", ".join(f"{os.path.basename(p)} is {r['family']}" for p, r in zip(recipe.inputs, reports)))
+    family = fams.pop()
+    warnings = []
+    preds = [(r["prediction"], r["ztsnr"]) for r in reports]
+    if any(z for _, z in preds) and not all(z for _, z in preds):
+        warnings.append("Merging a ZTSNR v-prediction model with a model without ZTSNR weakens or removes the ZTSNR "
+                        "effect; the output carries no ztsnr marker unless you ask for it.")
+    if len({p for p, _ in preds}) > 1:
+        warnings.append(f"The inputs disagree on prediction ({', '.join(str(p) for p, _ in preds)}); the output "
+                        f"keeps A's markers.")
+    if recipe.blocks:
+        n_blocks = reports[0].get("details", {}).get("blocks", 28)
+        names = set(blk.block_names(family, n_blocks))
+        unknown = set(recipe.blocks) - names
+        if unknown:
+            raise ModelsmithError(f"unknown block names for {family}: {', '.join(sorted(unknown))}")
+    readers = [Reader(p) for p in recipe.inputs]
+    try:
+        ra, rb = readers[0], readers[1]
+        rc = readers[2] if len(readers) > 2 else None
+        out_dtype = recipe.dtype
+        counts = {"merged": 0, "copied_from_a": 0, "missing_in_b": 0, "shape_mismatch": 0, "only_in_b": 0}
+        entries = {}
+        all_ztsnr = all(z for _, z in preds)
+        for k in ra.keys():
+            if k == "ztsnr" and not (all_ztsnr or recipe.keep_ztsnr):
+                continue
+            info = ra.info(k)
+            dt = info.dtype
+            if out_dtype and dt in ("F32", "F16", "BF16"):
+                dt = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}[out_dtype]
+            entries[k] = (dt, info.shape)
+        counts["only_in_b"] = sum(1 for k in rb.keys() if k not in ra)
+        meta = modelspec_for(reports[0], title=os.path.splitext(os.path.basename(output))[0],
+                             merged_from=[os.path.basename(p) for p in recipe.inputs])
+        meta["modelsmith.recipe"] = recipe.to_json()
+        meta.update(metadata_extra or {})
+        total = len(entries)
+        with AtomicWriter(output, entries, meta, overwrite=overwrite, hash_key="modelspec.hash_sha256") as w:
+            for i, (k, (dt, shape)) in enumerate(entries.items()):
+                a = ra.get(k)
+                float_a = a.is_floating_point() and a.numel() > 0
+                if not float_a:
+                    out = a
+                    counts["copied_from_a"] += 1
+                elif k not in rb or (rc is not None and k not in rc):
+                    out = a
+                    counts["missing_in_b"] += 1
+                else:
+                    b = rb.get(k)
+                    c = rc.get(k) if rc is not None else None
+                    if b.shape != a.shape or (c is not None and c.shape != a.shape):
+                        out = a
+                        counts["shape_mismatch"] += 1
+                    else:
+                        out = merge_tensor(recipe, k, a, b, c, family)
+                        counts["merged"] += 1
+                w.add(k, out.to(torch_dtype(dt)))
+                if progress:
+                    progress(i + 1, total)
+    finally:
+        for r in readers:
+            r.close()
+    if counts["missing_in_b"]:
+        warnings.append(f"{counts['missing_in_b']} tensors missing from B/C were copied from A.")
+    if counts["shape_mismatch"]:
+        warnings.append(f"{counts['shape_mismatch']} tensors with different shapes were kept from A.")
+    if counts["only_in_b"]:
+        warnings.append(f"{counts['only_in_b']} tensors that exist only in B were left out.")
+    recipe.output = output
+    with open(output + ".recipe.json", "w") as f:
+        f.write(recipe.to_json())
+    return {"output": output, "family": family, "counts": counts, "warnings": warnings}

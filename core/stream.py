@@ -1,0 +1,214 @@
+"""Streaming tensors in and out of safetensors files, one tensor at a time.
+
+Reading uses `os.pread` into a fresh buffer (no mmap of the whole file, so input pages never count
+against the process), and tells the kernel it may drop the pages it read. Writing goes to a
+temporary file in the target folder: header first (its size known up front), tensors in order,
+fsync, then an atomic rename that never replaces an existing file unless asked.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import shutil
+
+from .errors import ModelsmithError
+from .safetensors_io import DTYPE_BITS, Header, build_header_bytes, read_header
+
+ST_TO_TORCH_NAME = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
+                    "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "U8": "uint8", "I8": "int8",
+                    "I16": "int16", "I32": "int32", "I64": "int64", "BOOL": "bool", "U16": "uint16",
+                    "U32": "uint32", "U64": "uint64"}
+TORCH_NAME_TO_ST = {v: k for k, v in ST_TO_TORCH_NAME.items()}
+
+
+def torch_dtype(st: str):
+    import torch
+    name = ST_TO_TORCH_NAME.get(st)
+    if name is None or not hasattr(torch, name):
+        raise ModelsmithError(f"tensors of type {st} are not supported here")
+    return getattr(torch, name)
+
+
+def st_dtype(dtype) -> str:
+    return TORCH_NAME_TO_ST[str(dtype).replace("torch.", "")]
+
+
+class Reader:
+    """Random access to the tensors of one safetensors file, without mapping it."""
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+        self.header: Header = read_header(self.path)
+        self.fd = os.open(self.path, os.O_RDONLY)
+
+    def keys(self):
+        return self.header.tensors.keys()
+
+    def __contains__(self, name):
+        return name in self.header.tensors
+
+    def info(self, name):
+        return self.header.tensors[name]
+
+    @property
+    def metadata(self):
+        return self.header.metadata
+
+    def get(self, name):
+        import torch
+        t = self.header.tensors[name]
+        n = t.end - t.begin
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            chunk = os.preadv(self.fd, [view[got:]], self.header.data_start + t.begin + got)
+            if chunk <= 0:
+                raise ModelsmithError(f"{self.path}: file ended inside tensor {name!r}")
+            got += chunk
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(self.fd, self.header.data_start + t.begin, n, os.POSIX_FADV_DONTNEED)
+        dtype = torch_dtype(t.dtype)
+        if n == 0:
+            return torch.empty(t.shape, dtype=dtype)
+        return torch.frombuffer(buf, dtype=dtype).reshape(t.shape)
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def check_output_path(path, *, allowed_roots=None, overwrite=False) -> str:
+    """Refuse names that escape the allowed folders and existing files (unless overwrite)."""
+    path = os.path.abspath(os.fspath(path))
+    if allowed_roots is not None:
+        roots = [os.path.realpath(r) for r in allowed_roots]
+        real_parent = os.path.realpath(os.path.dirname(path))
+        if not any(real_parent == r or real_parent.startswith(r + os.sep) for r in roots):
+            raise ModelsmithError(f"{path}: outside the allowed output folders")
+    if os.path.exists(path) and not overwrite:
+        raise ModelsmithError(f"{path} exists; choose another name or allow overwrite")
+    return path
+
+
+def check_free_space(folder, needed: int, margin: int = 64 << 20):
+    free = shutil.disk_usage(folder).free
+    if free < needed + margin:
+        raise ModelsmithError(f"not enough free disk space in {folder}: {needed / 1e9:.2f} GB needed, "
+                              f"{free / 1e9:.2f} GB free")
+
+
+HASH_PLACEHOLDER = "0" * 64
+
+
+class AtomicWriter:
+    """Write a safetensors file tensor by tensor: entries {name: (st dtype, shape)} fixed up front.
+
+    With `hash_key` set, that metadata key gets the sha256 of the data (written at the end into a
+    placeholder of the same length, so the header size never changes)."""
+
+    def __init__(self, path, entries: dict, metadata: dict | None = None, *, overwrite=False, hash_key=None):
+        self.path = check_output_path(path, overwrite=overwrite)
+        self.entries = dict(entries)
+        self.metadata = dict(metadata or {})
+        self.hash_key = hash_key
+        if hash_key:
+            self.metadata[hash_key] = HASH_PLACEHOLDER
+        self.prefix, self.data_size = build_header_bytes(self.entries, self.metadata)
+        folder = os.path.dirname(self.path)
+        os.makedirs(folder, exist_ok=True)
+        check_free_space(folder, len(self.prefix) + self.data_size)
+        self.tmp = os.path.join(folder, f".{os.path.basename(self.path)}.{os.getpid()}.partial")
+        self.overwrite = overwrite
+        self.order = list(self.entries)
+        self.next = 0
+        self.sha = hashlib.sha256()
+        self.f = None
+
+    def __enter__(self):
+        self.f = open(self.tmp, "wb")
+        self._write(self.prefix)
+        return self
+
+    def _write(self, data):
+        try:
+            self.f.write(data)
+        except OSError as e:
+            self._abort()
+            if e.errno == errno.ENOSPC:
+                raise ModelsmithError(f"disk full while writing {self.path}; nothing was written") from None
+            raise ModelsmithError(f"cannot write {self.path}: {e.strerror}") from None
+
+    def add(self, name, tensor):
+        expect = self.order[self.next] if self.next < len(self.order) else None
+        if name != expect:
+            raise RuntimeError(f"tensor {name!r} written out of order (expected {expect!r})")
+        dtype, shape = self.entries[name]
+        if st_dtype(tensor.dtype) != dtype or tuple(tensor.shape) != tuple(shape):
+            raise RuntimeError(f"tensor {name!r}: {tensor.dtype} {tuple(tensor.shape)} does not match the header")
+        import torch
+        if tensor.numel():
+            data = memoryview(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
+            self.sha.update(data)
+            self._write(data)
+        self.next += 1
+
+    def _abort(self):
+        try:
+            if self.f is not None and not self.f.closed:
+                self.f.close()
+        except OSError:
+            pass
+        try:
+            os.unlink(self.tmp)
+        except FileNotFoundError:
+            pass
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self._abort()
+            return False
+        if self.next != len(self.order):
+            self._abort()
+            raise RuntimeError(f"{len(self.order) - self.next} tensors were never written")
+        try:
+            if self.hash_key:
+                digest = self.sha.hexdigest()
+                patched = self.prefix.replace(HASH_PLACEHOLDER.encode(), digest.encode(), 1)
+                self.f.seek(0)
+                self.f.write(patched)
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
+            if self.overwrite:
+                os.replace(self.tmp, self.path)
+            else:
+                os.link(self.tmp, self.path)  # fails if the name appeared meanwhile: never clobbers
+                os.unlink(self.tmp)
+            dfd = os.open(os.path.dirname(self.path), os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except FileExistsError:
+            self._abort()
+            raise ModelsmithError(f"{self.path} appeared while writing; not overwritten") from None
+        except OSError as e:
+            self._abort()
+            if e.errno == errno.ENOSPC:
+                raise ModelsmithError(f"disk full while writing {self.path}; nothing was written") from None
+            raise ModelsmithError(f"cannot write {self.path}: {e.strerror}") from None
+        return False
+
+
+def tensor_nbytes(dtype: str, shape) -> int:
+    import math
+    return math.prod(shape) * DTYPE_BITS[dtype] // 8
