@@ -1,0 +1,139 @@
+"""Model-tool nodes: merge and convert checkpoints, streaming, inside ComfyUI's folders."""
+from __future__ import annotations
+
+import os
+
+import comfy.utils
+import folder_paths
+
+from ..core.blocks import parse_block_weights
+from ..core.convert import run_convert
+from ..core.errors import ModelsmithError
+from ..core.files import safe_filename
+from ..core.inspect import inspect_file
+from ..core.merge import METHODS, Recipe, run_merge
+from ..core.stream import check_output_path
+
+DESTINATIONS = ["output/checkpoints", "models/checkpoints"]
+
+
+def output_path(name: str, destination: str, keep_name=False, overwrite=False) -> str:
+    """A confined output path: plain file names only, inside ComfyUI's output or checkpoints folder."""
+    if not name or "/" in name or "\\" in name or ".." in name or os.path.isabs(name) or name.startswith("~"):
+        raise ModelsmithError(f"output name {name!r}: give a plain file name (no folders, '..' or absolute paths)")
+    if not keep_name:
+        name = safe_filename(name)
+    if not name.lower().endswith(".safetensors"):
+        name += ".safetensors"
+    if destination == "models/checkpoints":
+        folder = folder_paths.get_folder_paths("checkpoints")[0]
+    elif destination == "output/checkpoints":
+        folder = os.path.join(folder_paths.get_output_directory(), "checkpoints")
+    else:
+        raise ModelsmithError(f"unknown destination {destination!r}")
+    os.makedirs(folder, exist_ok=True)
+    roots = [folder_paths.get_output_directory()] + list(folder_paths.get_folder_paths("checkpoints"))
+    return check_output_path(os.path.join(folder, name), allowed_roots=roots, overwrite=overwrite)
+
+
+def _progress_bar(total_guess=1):
+    pbar = comfy.utils.ProgressBar(total_guess)
+
+    def cb(done, total):
+        pbar.update_absolute(done, total)
+    return cb
+
+
+def _ckpts():
+    return folder_paths.get_filename_list("checkpoints")
+
+
+class ModelsmithMergeCheckpoints:
+    DESCRIPTION = ("Merges checkpoint files tensor by tensor (RAM stays small): weighted sum, add difference, TIES, "
+                   "DARE, SLERP, with optional block weights; saves the recipe JSON next to the result.")
+    CATEGORY = "modelsmith/model tools"
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    FUNCTION = "merge"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = _ckpts()
+        return {"required": {
+            "model_a": (files, {"tooltip": "A: the base; its keys, dtype and markers are kept."}),
+            "model_b": (files, {"tooltip": "B: merged into A."}),
+            "model_c": (["none"] + files, {"default": "none", "tooltip": "C: needed by add_difference, ties and dare."}),
+            "method": (sorted(METHODS), {"default": "weighted_sum"}),
+            "alpha": ("FLOAT", {"default": 0.5, "min": -1.0, "max": 2.0, "step": 0.01, "tooltip": "B's share (M)."}),
+            "block_weights": ("STRING", {"default": "", "multiline": True, "tooltip":
+                              "Optional: 'BASE:0.5,IN00:0.2,...' or one number per block (SD1 26, SDXL 21)."}),
+            "density": ("FLOAT", {"default": 0.2, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": "TIES: share kept."}),
+            "drop": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip": "DARE: drop probability."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "DARE: random seed."}),
+            "dtype": (["same as A", "fp16", "bf16", "fp32"], {"default": "fp16"}),
+            "output_name": ("STRING", {"default": "merged", "tooltip": "A plain file name (ASCII, no spaces is safest)."}),
+            "destination": (DESTINATIONS, {"default": "output/checkpoints"}),
+            "overwrite": ("BOOLEAN", {"default": False}),
+        }}
+
+    def merge(self, model_a, model_b, model_c, method, alpha, block_weights, density, drop, seed, dtype, output_name,
+              destination, overwrite):
+        paths = [folder_paths.get_full_path_or_raise("checkpoints", n) for n in (model_a, model_b)]
+        if model_c != "none":
+            paths.append(folder_paths.get_full_path_or_raise("checkpoints", model_c))
+        blocks = {}
+        if block_weights.strip():
+            rep = inspect_file(paths[0])
+            try:
+                blocks = parse_block_weights(block_weights, rep["family"], rep.get("details", {}).get("blocks", 28))
+            except ValueError as e:
+                raise ModelsmithError(str(e)) from None
+        recipe = Recipe(method=method, inputs=paths, alpha=alpha, blocks=blocks, density=density, drop=drop, seed=seed,
+                        dtype=None if dtype == "same as A" else dtype)
+        out = output_path(output_name, destination, overwrite=overwrite)
+        rep = run_merge(recipe, out, overwrite=overwrite, progress=_progress_bar())
+        text = f"wrote {out}\n{rep['counts']}\n" + "\n".join(rep["warnings"])
+        return {"ui": {"text": [text]}, "result": (out,)}
+
+
+class ModelsmithConvertCheckpoint:
+    DESCRIPTION = ("Prunes and converts a checkpoint for distribution: safetensors, fp16/bf16/fp32, EMA drop/only, "
+                   "VAE strip or bake-in, ModelSpec metadata with hash; .ckpt read only through the allowlist.")
+    CATEGORY = "modelsmith/model tools"
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    FUNCTION = "convert"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "ckpt_name": (_ckpts(),),
+            "dtype": (["fp16", "bf16", "fp32"], {"default": "fp16"}),
+            "ema": (["drop", "keep", "only"], {"default": "drop", "tooltip": "only: use the EMA weights (emaonly)."}),
+            "vae": (["keep", "strip"] + folder_paths.get_filename_list("vae"), {"default": "keep",
+                    "tooltip": "Keep the baked-in VAE, strip it, or bake in a VAE from models/vae."}),
+            "output_name": ("STRING", {"default": "converted"}),
+            "destination": (DESTINATIONS, {"default": "output/checkpoints"}),
+            "overwrite": ("BOOLEAN", {"default": False}),
+        }}
+
+    def convert(self, ckpt_name, dtype, ema, vae, output_name, destination, overwrite):
+        src = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
+        if vae not in ("keep", "strip"):
+            vae = folder_paths.get_full_path_or_raise("vae", vae)
+        out = output_path(output_name, destination, overwrite=overwrite)
+        rep = run_convert(src, out, dtype=dtype, ema=ema, vae=vae, overwrite=overwrite, progress=_progress_bar())
+        text = f"wrote {out} ({rep['tensors']} tensors, {rep['dropped_ema']} EMA tensors dropped)"
+        return {"ui": {"text": [text]}, "result": (out,)}
+
+
+NODE_CLASS_MAPPINGS = {
+    "ModelsmithMergeCheckpoints": ModelsmithMergeCheckpoints,
+    "ModelsmithConvertCheckpoint": ModelsmithConvertCheckpoint,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "ModelsmithMergeCheckpoints": "Merge Checkpoints, Streaming (Modelsmith)",
+    "ModelsmithConvertCheckpoint": "Convert / Prune Checkpoint (Modelsmith)",
+}
