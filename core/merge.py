@@ -1,7 +1,8 @@
 """Merge methods as small functions over tensors, a recipe as data, and a streaming merge.
 
-Methods (all compute in float32 and return float32; the writer casts to the output dtype):
-  weighted_sum    A*(1-a) + B*a
+Methods compute in float32, chunk by chunk for elementwise ones; a `native` method is exact to one
+rounding in the inputs' own dtype (torch.lerp computes in float32 internally) and runs on them directly:
+  weighted_sum    A*(1-a) + B*a                     (native: torch.lerp)
   add_difference  A + (B - C)*a
   ties            C + a * TIES(A - C, B - C)        (keep the top `density` magnitudes, ties at the
                                                     threshold kept; elect sign; disjoint mean)
@@ -27,21 +28,29 @@ from .errors import ModelsmithError
 
 METHODS = {}
 NEEDS_C = {"add_difference", "ties", "dare"}
+ELEMENTWISE = set()  # methods whose result at each element depends only on that element
+NATIVE = set()       # methods that round once in the inputs' dtype, so need no float32 copies
+CHUNK = 1 << 20      # elements per float32 working chunk (stays in cache, keeps RAM flat)
 
 
-def method(name):
+def method(name, elementwise=False, native=False):
     def reg(fn):
         METHODS[name] = fn
+        if elementwise:
+            ELEMENTWISE.add(name)
+        if native:
+            NATIVE.add(name)
         return fn
     return reg
 
 
-@method("weighted_sum")
+@method("weighted_sum", elementwise=True, native=True)
 def weighted_sum(a, b, c, alpha, **kw):
-    return a * (1 - alpha) + b * alpha
+    import torch
+    return torch.lerp(a, b, alpha)
 
 
-@method("add_difference")
+@method("add_difference", elementwise=True)
 def add_difference(a, b, c, alpha, **kw):
     return a + (b - c) * alpha
 
@@ -121,20 +130,34 @@ class Recipe:
                                   f"got {len(self.inputs)}")
 
 
-def merge_tensor(recipe: Recipe, key: str, a, b, c, family: str):
-    """One merged tensor (float32) for `key`, honouring block weights."""
+def merge_tensor(recipe: Recipe, key: str, a, b, c, family: str, out_dtype=None):
+    """The merged tensor for `key` in `out_dtype` (default float32), honouring block weights.
+
+    The method computes in float32; elementwise methods run chunk by chunk into the output."""
+    import torch
     alpha = recipe.blocks.get(blk.block_of(key, family), recipe.alpha) if recipe.blocks else recipe.alpha
     fn = METHODS[recipe.method]
-    a32, b32 = a.float(), b.float()
-    c32 = c.float() if c is not None else None
-    return fn(a32, b32, c32, alpha, density=recipe.density, drop=recipe.drop, seed=recipe.seed, key=key)
+    kw = dict(density=recipe.density, drop=recipe.drop, seed=recipe.seed, key=key)
+    out_dtype = out_dtype or torch.float32
+    if recipe.method in NATIVE and a.dtype == b.dtype and (c is None or c.dtype == a.dtype):
+        return fn(a, b, c, alpha, **kw).to(out_dtype)
+    if recipe.method not in ELEMENTWISE or a.numel() <= CHUNK:
+        c32 = c.float() if c is not None else None
+        return fn(a.float(), b.float(), c32, alpha, **kw).to(out_dtype)
+    out = torch.empty(a.shape, dtype=out_dtype)
+    fa, fb, fo = a.reshape(-1), b.reshape(-1), out.view(-1)
+    fc = c.reshape(-1) if c is not None else None
+    for s in range(0, fa.numel(), CHUNK):
+        e = s + CHUNK
+        fo[s:e] = fn(fa[s:e].float(), fb[s:e].float(), fc[s:e].float() if fc is not None else None, alpha, **kw)
+    return out
 
 
 def run_merge(recipe: Recipe, output: str, *, overwrite=False, progress=None, metadata_extra=None) -> dict:
     """Stream the merge of recipe.inputs into `output`. Returns a report (counts, warnings, path)."""
     from .inspect import inspect_file
     from .modelspec import modelspec_for
-    from .stream import AtomicWriter, Reader, st_dtype, torch_dtype
+    from .stream import AtomicWriter, Reader, prefetched, torch_dtype
 
     recipe.validate()
     reports = [inspect_file(p) for p in recipe.inputs]
@@ -180,25 +203,25 @@ def run_merge(recipe: Recipe, output: str, *, overwrite=False, progress=None, me
         meta.update(metadata_extra or {})
         total = len(entries)
         with AtomicWriter(output, entries, meta, overwrite=overwrite, hash_key="modelspec.hash_sha256") as w:
-            for i, (k, (dt, shape)) in enumerate(entries.items()):
+            def load(k):
                 a = ra.get(k)
-                float_a = a.is_floating_point() and a.numel() > 0
-                if not float_a:
-                    out = a
-                    counts["copied_from_a"] += 1
-                elif k not in rb or (rc is not None and k not in rc):
-                    out = a
-                    counts["missing_in_b"] += 1
-                else:
-                    b = rb.get(k)
-                    c = rc.get(k) if rc is not None else None
-                    if b.shape != a.shape or (c is not None and c.shape != a.shape):
-                        out = a
-                        counts["shape_mismatch"] += 1
-                    else:
-                        out = merge_tensor(recipe, k, a, b, c, family)
-                        counts["merged"] += 1
+                if not (a.is_floating_point() and a.numel() > 0):
+                    return a, None, None, "copied_from_a"
+                if k not in rb or (rc is not None and k not in rc):
+                    return a, None, None, "missing_in_b"
+                b = rb.get(k)
+                c = rc.get(k) if rc is not None else None
+                if b.shape != a.shape or (c is not None and c.shape != a.shape):
+                    return a, None, None, "shape_mismatch"
+                return a, b, c, "merged"
+
+            for i, (k, (a, b, c, what)) in enumerate(prefetched(entries, load)):
+                dt = entries[k][0]
+                counts[what] += 1
+                out = merge_tensor(recipe, k, a, b, c, family, torch_dtype(dt)) if what == "merged" else a
+                del a, b, c
                 w.add(k, out.to(torch_dtype(dt)))
+                del out
                 if progress:
                     progress(i + 1, total)
     finally:

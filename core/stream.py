@@ -59,20 +59,20 @@ class Reader:
         import torch
         t = self.header.tensors[name]
         n = t.end - t.begin
-        buf = bytearray(n)
-        view = memoryview(buf)
+        dtype = torch_dtype(t.dtype)
+        if n == 0:
+            return torch.empty(t.shape, dtype=dtype)
+        buf = torch.empty(n, dtype=torch.uint8)  # uninitialised: no time spent zero-filling
+        view = memoryview(buf.numpy())
         got = 0
         while got < n:
             chunk = os.preadv(self.fd, [view[got:]], self.header.data_start + t.begin + got)
             if chunk <= 0:
                 raise ModelsmithError(f"{self.path}: file ended inside tensor {name!r}")
             got += chunk
-        if hasattr(os, "posix_fadvise"):
+        if hasattr(os, "posix_fadvise"):  # the pages were read once; let the kernel drop them
             os.posix_fadvise(self.fd, self.header.data_start + t.begin, n, os.POSIX_FADV_DONTNEED)
-        dtype = torch_dtype(t.dtype)
-        if n == 0:
-            return torch.empty(t.shape, dtype=dtype)
-        return torch.frombuffer(buf, dtype=dtype).reshape(t.shape)
+        return buf.view(dtype).reshape(t.shape)
 
     def close(self):
         if self.fd is not None:
@@ -132,17 +132,36 @@ class AtomicWriter:
         self.next = 0
         self.sha = hashlib.sha256()
         self.f = None
+        self._pool = None
+        self._pending = None
 
     def __enter__(self):
+        from concurrent.futures import ThreadPoolExecutor
         self.f = open(self.tmp, "wb")
-        self._write(self.prefix)
+        try:
+            self._write(self.prefix)
+        except BaseException:
+            self._abort()
+            raise
+        # hashing and writing run on a second thread (both release the GIL) while the caller
+        # prepares the next tensor; one write in flight keeps memory bounded
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelsmith-writer")
         return self
 
+    def _hash_and_write(self, data, owner):  # owner: the tensor whose memory `data` views
+        self.sha.update(data)
+        self._write(data)
+
+    def _wait(self):
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
     def _write(self, data):
+        """Write bytes; the caller aborts the file on error (this may run on the writer thread)."""
         try:
             self.f.write(data)
         except OSError as e:
-            self._abort()
             if e.errno == errno.ENOSPC:
                 raise ModelsmithError(f"disk full while writing {self.path}; nothing was written") from None
             raise ModelsmithError(f"cannot write {self.path}: {e.strerror}") from None
@@ -155,13 +174,17 @@ class AtomicWriter:
         if st_dtype(tensor.dtype) != dtype or tuple(tensor.shape) != tuple(shape):
             raise RuntimeError(f"tensor {name!r}: {tensor.dtype} {tuple(tensor.shape)} does not match the header")
         import torch
+        self._wait()
         if tensor.numel():
-            data = memoryview(tensor.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy())
-            self.sha.update(data)
-            self._write(data)
+            t = tensor.detach().contiguous().cpu()
+            data = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+            self._pending = self._pool.submit(self._hash_and_write, data, t)
         self.next += 1
 
     def _abort(self):
+        if self._pool is not None:
+            self._pending = None
+            self._pool.shutdown(wait=True, cancel_futures=True)
         try:
             if self.f is not None and not self.f.closed:
                 self.f.close()
@@ -176,6 +199,12 @@ class AtomicWriter:
         if exc_type is not None:
             self._abort()
             return False
+        try:
+            self._wait()
+        except BaseException:
+            self._abort()
+            raise
+        self._pool.shutdown(wait=True)
         if self.next != len(self.order):
             self._abort()
             raise RuntimeError(f"{len(self.order) - self.next} tensors were never written")
@@ -212,3 +241,31 @@ class AtomicWriter:
 def tensor_nbytes(dtype: str, shape) -> int:
     import math
     return math.prod(shape) * DTYPE_BITS[dtype] // 8
+
+
+def prefetched(keys, load):
+    """Yield (key, load(key)) with the next key already loading on a second thread.
+
+    Reads release the GIL, so reading key i+1 overlaps the caller's work on key i."""
+    from concurrent.futures import ThreadPoolExecutor
+    keys = list(keys)
+    if not keys:
+        return
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelsmith-reader") as pool:
+        pending = pool.submit(load, keys[0])
+        for i, key in enumerate(keys):
+            value = pending.result()
+            pending = pool.submit(load, keys[i + 1]) if i + 1 < len(keys) else None
+            yield key, value
+            del value
+
+
+def drop_page_cache(path):
+    """Ask the kernel to forget a file's cached pages (benchmarks start cold and fair)."""
+    fd = os.open(os.fspath(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
