@@ -343,3 +343,53 @@ def test_convert_node_over_http(server, output_dir):
     assert hist["status"]["status_str"] == "success", hist["status"]
     rep = inspect_file(output_dir / "checkpoints" / "http_convert.safetensors")
     assert (rep["family"], rep["precision"], rep["components"]["vae"]) == ("sd1", "bf16", False)
+
+
+def test_missing_keys_and_shape_mismatch_follow_the_rule(sd1_trio, tmp_path):
+    a_sd = _load(sd1_trio[0])
+    b_sd = _load(sd1_trio[1])
+    gone = "model.diffusion_model.out.2.bias"
+    reshaped = "model.diffusion_model.input_blocks.0.0.weight"
+    b_sd.pop(gone)
+    b_sd[reshaped] = torch.zeros(32, 9, 3, 3)  # an inpaint-shaped first conv
+    b_sd["only.in.b"] = torch.ones(3)
+    b_path = tmp_path / "b_mod.safetensors"
+    st.save_file(b_sd, str(b_path))
+    out, rep, _ = _merge(tmp_path, [sd1_trio[0], b_path], "weighted_sum", alpha=0.5)
+    assert torch.equal(out[gone], a_sd[gone]) and torch.equal(out[reshaped], a_sd[reshaped])
+    assert "only.in.b" not in out
+    assert rep["counts"]["missing_in_b"] == 1 and rep["counts"]["shape_mismatch"] == 1 and rep["counts"]["only_in_b"] == 1
+    assert any("copied from A" in w for w in rep["warnings"]) and any("kept from A" in w for w in rep["warnings"])
+
+
+def test_dit_block_names():
+    assert blk.block_of("net.blocks.3.mlp.layer1.weight", "anima") == "B03"
+    assert blk.block_of("net.llm_adapter.blocks.0.cross_attn.q_proj.weight", "anima") == "llm_adapter"
+    assert blk.block_of("net.x_embedder.proj.1.weight", "cosmos-predict2") == "x_embedder"
+    assert blk.block_of("net.something_else", "anima") == "BASE"
+    names = blk.block_names("anima", 32)
+    assert "B31" in names and "llm_adapter" in names and "llm_adapter" not in blk.block_names("cosmos-predict2")
+    assert blk.block_of("first_stage_model.decoder.conv_in.weight", "sdxl") == "VAE"
+    assert blk.block_of("model.diffusion_model.time_embed.0.weight", "sdxl") == "BASE"
+
+
+def test_convert_bakes_in_a_vae(sd1_with_ema, tmp_path):
+    from modelsmith.core.convert import run_convert
+    import tiny
+    vae_sd = tiny._tiny_vae(5).first_stage_model.state_dict()
+    vae_file = tmp_path / "vae.safetensors"
+    st.save_file({k: v.contiguous() for k, v in vae_sd.items()}, str(vae_file))
+    out = tmp_path / "baked.safetensors"
+    run_convert(sd1_with_ema, out, dtype="fp16", ema="drop", vae=str(vae_file))
+    sd = _load(out)
+    k = "first_stage_model.decoder.conv_in.weight"
+    assert torch.equal(sd[k], vae_sd["decoder.conv_in.weight"].half())
+    assert inspect_file(out)["components"]["vae"] is True
+    with pytest.raises(ModelsmithError, match="not a VAE"):
+        run_convert(sd1_with_ema, tmp_path / "bad.safetensors", vae=str(sd1_trio_path(tmp_path)))
+
+
+def sd1_trio_path(tmp_path):
+    p = tmp_path / "not_a_vae.safetensors"
+    st.save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3)}, str(p))
+    return p
