@@ -162,3 +162,17 @@ def test_tiny_real_files(tiny_files):
     r = inspect_file(tiny_files["sdxl_vpred_ztsnr"])
     assert (r["family"], r["layout"], r["precision"], r["prediction"], r["ztsnr"]) == ("sdxl", "checkpoint", "fp32", "v", True)
     assert r["components"]["vae"] and r["components"]["text_encoders"] == ["clip-l", "clip-g"]
+
+
+@pytest.mark.parametrize("name", sorted(__import__("tiny_dit").TINY_DIT))
+def test_tiny_real_files_of_every_family(comfy, tmp_path, name):
+    """Tiny real weights from ComfyUI's own classes, written as safetensors, inspected from the file."""
+    import safetensors.torch
+    import tiny_dit
+    build, family, variant, layout, prediction = tiny_dit.TINY_DIT[name]
+    path = tmp_path / f"{name}.safetensors"
+    safetensors.torch.save_file(build(), str(path))
+    rep = inspect_file(path)
+    assert (rep["family"], rep["variant"], rep["layout"], rep["prediction"], rep["precision"]) == \
+        (family, variant, layout, prediction, "fp32")
+    assert rep["params"] > 0 and rep["file"]["bytes_read"] < 2_000_000

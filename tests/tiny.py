@@ -28,7 +28,7 @@ def randomize(module: torch.nn.Module, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
-            if p.ndim == 0:
+            if p.ndim == 0 or p.numel() == 0:
                 continue
             if name.endswith("bias"):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.01)
