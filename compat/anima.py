@@ -1,0 +1,333 @@
+"""Anima for ComfyUI runtimes that lack it (0.3.x has Cosmos-Predict2 but no Anima).
+
+Anima = the runtime's Cosmos-Predict2 MiniTrainDIT + an LLM adapter that turns Qwen3-0.6B hidden
+states into the DiT's cross-attention context, queried by T5 token ids (reference.md section 4).
+Everything here is built on the runtime's own classes (MiniTrainDIT, Llama2_, SDClipModel,
+SDTokenizer, Wan21 latent format, flow sampling) and used only when the runtime has no native Anima.
+Sizes are read from the checkpoint's tensors, so tunes with extra blocks load as they are.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import comfy.conds
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.ops
+import comfy.sd
+import comfy.sd1_clip
+import comfy.supported_models_base
+import comfy.text_encoders.llama as llama
+from comfy.ldm.cosmos.predict2 import MiniTrainDIT
+from comfy.ldm.modules.attention import optimized_attention_masked
+
+from ..core.errors import ModelsmithError
+from ..core.families import count_indexed
+
+CONTEXT_TOKENS = 512  # the adapter output is zero-padded to this many tokens
+T5_VOCAB = 32128
+
+
+def native_anima_available() -> bool:
+    """True when the running ComfyUI ships its own Anima (then the pack uses it)."""
+    import comfy.supported_models
+    return hasattr(comfy.supported_models, "Anima")
+
+
+# ----------------------------------------------------------------------------------------------
+# LLM adapter (module names follow the checkpoint: llm_adapter.embed / blocks.N.* / out_proj / norm)
+
+def _rotate(x):
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+def _rope_tables(length, head_dim, device, dtype, theta=10000.0):
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    ang = torch.arange(length, device=device, dtype=torch.float32)[:, None] * inv[None, :]
+    ang = torch.cat((ang, ang), dim=-1)
+    return ang.cos().to(dtype), ang.sin().to(dtype)
+
+
+class AdapterAttention(nn.Module):
+    def __init__(self, dim, context_dim, heads, ops, device=None, dtype=None):
+        super().__init__()
+        self.heads, self.head_dim = heads, dim // heads
+        self.q_proj = ops.Linear(dim, dim, bias=False, device=device, dtype=dtype)
+        self.k_proj = ops.Linear(context_dim, dim, bias=False, device=device, dtype=dtype)
+        self.v_proj = ops.Linear(context_dim, dim, bias=False, device=device, dtype=dtype)
+        self.o_proj = ops.Linear(dim, dim, bias=False, device=device, dtype=dtype)
+        self.q_norm = ops.RMSNorm(self.head_dim, eps=1e-6, device=device, dtype=dtype)
+        self.k_norm = ops.RMSNorm(self.head_dim, eps=1e-6, device=device, dtype=dtype)
+
+    def forward(self, x, context, rope_q, rope_k, mask=None):
+        b, n, _ = x.shape
+        m = context.shape[1]
+        q = self.q_norm(self.q_proj(x).view(b, n, self.heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(context).view(b, m, self.heads, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(context).view(b, m, self.heads, self.head_dim).transpose(1, 2)
+        q = q * rope_q[0] + _rotate(q) * rope_q[1]
+        k = k * rope_k[0] + _rotate(k) * rope_k[1]
+        out = optimized_attention_masked(q, k, v, self.heads, mask=mask, skip_reshape=True, skip_output_reshape=True)
+        return self.o_proj(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class AdapterBlock(nn.Module):
+    """RMSNorm -> self-attention, RMSNorm -> cross-attention to the LLM states, RMSNorm -> GELU MLP."""
+
+    def __init__(self, dim, source_dim, heads, ops, mlp_ratio=4, device=None, dtype=None):
+        super().__init__()
+        kw = dict(device=device, dtype=dtype)
+        self.norm_self_attn = ops.RMSNorm(dim, eps=1e-6, **kw)
+        self.self_attn = AdapterAttention(dim, dim, heads, ops, **kw)
+        self.norm_cross_attn = ops.RMSNorm(dim, eps=1e-6, **kw)
+        self.cross_attn = AdapterAttention(dim, source_dim, heads, ops, **kw)
+        self.norm_mlp = ops.RMSNorm(dim, eps=1e-6, **kw)
+        self.mlp = nn.Sequential(ops.Linear(dim, dim * mlp_ratio, **kw), nn.GELU(), ops.Linear(dim * mlp_ratio, dim, **kw))
+
+    def forward(self, x, context, rope_x, rope_c, source_mask=None):
+        x = x + self.self_attn(self.norm_self_attn(x), self.norm_self_attn(x), rope_x, rope_x)
+        x = x + self.cross_attn(self.norm_cross_attn(x), context, rope_x, rope_c, mask=source_mask)
+        return x + self.mlp(self.norm_mlp(x))
+
+
+class LLMAdapter(nn.Module):
+    def __init__(self, dim=1024, source_dim=1024, layers=6, heads=16, vocab=T5_VOCAB, ops=None, device=None, dtype=None):
+        super().__init__()
+        ops = ops or comfy.ops.disable_weight_init
+        self.heads = heads
+        self.embed = ops.Embedding(vocab, dim, device=device, dtype=dtype)
+        self.blocks = nn.ModuleList([AdapterBlock(dim, source_dim, heads, ops, device=device, dtype=dtype)
+                                     for _ in range(layers)])
+        self.out_proj = ops.Linear(dim, dim, device=device, dtype=dtype)
+        self.norm = ops.RMSNorm(dim, eps=1e-6, device=device, dtype=dtype)
+
+    def forward(self, source, target_ids, source_mask=None):
+        """source: [B, M, source_dim] LLM states; target_ids: [B, N] T5 ids -> [B, N, dim]."""
+        x = self.embed(target_ids, out_dtype=source.dtype)
+        head_dim = x.shape[-1] // self.heads
+        rope_x = _rope_tables(x.shape[1], head_dim, x.device, x.dtype)
+        rope_c = _rope_tables(source.shape[1], head_dim, x.device, x.dtype)
+        mask = None
+        if source_mask is not None:  # additive mask over the LLM tokens
+            mask = (source_mask.to(x.dtype) - 1).mul(torch.finfo(x.dtype).max)[:, None, None, :]
+        for block in self.blocks:
+            x = block(x, source, rope_x, rope_c, source_mask=mask)
+        return self.norm(self.out_proj(x))
+
+
+def adapter_context(adapter, llm_states, t5_ids, t5_weights=None, source_mask=None):
+    """The DiT context: adapter output, scaled per token by the prompt weights, zero-padded to 512."""
+    out = adapter(llm_states, t5_ids, source_mask=source_mask)
+    if t5_weights is not None:
+        out = out * t5_weights.to(out.dtype)
+    if out.shape[1] < CONTEXT_TOKENS:
+        out = torch.nn.functional.pad(out, (0, 0, 0, CONTEXT_TOKENS - out.shape[1]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Denoiser and model
+
+class AnimaDiT(MiniTrainDIT):
+    def __init__(self, *args, adapter=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.llm_adapter = LLMAdapter(**(adapter or {}), ops=kwargs.get("operations"), device=kwargs.get("device"),
+                                      dtype=kwargs.get("dtype"))
+
+    def forward(self, x, timesteps, context, t5xxl_ids=None, t5xxl_weights=None, **kwargs):
+        if t5xxl_ids is not None:
+            context = adapter_context(self.llm_adapter, context, t5xxl_ids, t5xxl_weights)
+        return super().forward(x, timesteps, context, **kwargs)
+
+
+class AnimaModel(comfy.model_base.BaseModel):
+    def __init__(self, model_config, model_type=comfy.model_base.ModelType.FLOW, device=None):
+        super().__init__(model_config, model_type, device=device, unet_model=AnimaDiT)
+
+    def extra_conds(self, **kwargs):
+        out = super().extra_conds(**kwargs)
+        cross_attn = kwargs.get("cross_attn")
+        if cross_attn is not None:
+            ids, weights = kwargs.get("t5xxl_ids"), kwargs.get("t5xxl_weights")
+            if ids is not None:
+                device, dtype = kwargs["device"], self.get_dtype()
+                if self.manual_cast_dtype is not None:
+                    dtype = self.manual_cast_dtype
+                w = weights.reshape(1, -1, 1).to(device=device, dtype=dtype) if weights is not None else None
+                cross_attn = adapter_context(self.diffusion_model.llm_adapter, cross_attn.to(device=device, dtype=dtype),
+                                             ids.reshape(1, -1).to(device), w)
+            out["c_crossattn"] = comfy.conds.CONDRegular(cross_attn)
+        return out
+
+
+class AnimaConfig(comfy.supported_models_base.BASE):
+    unet_config = {"image_model": "anima"}
+    sampling_settings = {"multiplier": 1.0, "shift": 3.0}
+    unet_extra_config = {}
+    latent_format = comfy.latent_formats.Wan21
+    memory_usage_factor = 1.0
+    supported_inference_dtypes = [torch.bfloat16, torch.float16, torch.float32]
+
+    def get_model(self, state_dict, prefix="", device=None):
+        return AnimaModel(self, device=device)
+
+
+def dit_config_from_sd(sd: dict, prefix: str = "net.") -> dict:
+    """MiniTrainDIT + adapter configuration read from the tensors (block counts counted, not assumed)."""
+    def t(name):
+        key = prefix + name
+        if key not in sd:
+            raise ModelsmithError(f"not an Anima diffusion model: missing {key}")
+        return sd[key]
+
+    x_emb = t("x_embedder.proj.1.weight")
+    width = x_emb.shape[0]
+    head_dim = t("blocks.0.self_attn.q_norm.weight").shape[0]
+    adapter_dim = t("llm_adapter.embed.weight").shape[1]
+    adapter_head = t("llm_adapter.blocks.0.self_attn.q_norm.weight").shape[0]
+    return {
+        "image_model": "anima", "max_img_h": 240, "max_img_w": 240, "max_frames": 128,
+        "in_channels": x_emb.shape[1] // 4 - 1, "out_channels": t("final_layer.linear.weight").shape[0] // 4,
+        "patch_spatial": 2, "patch_temporal": 1, "concat_padding_mask": True, "model_channels": width,
+        "num_blocks": count_indexed(sd, prefix + "blocks"), "num_heads": width // head_dim,
+        "crossattn_emb_channels": t("blocks.0.cross_attn.k_proj.weight").shape[1], "pos_emb_cls": "rope3d",
+        "pos_emb_learnable": True, "pos_emb_interpolation": "crop", "min_fps": 1, "max_fps": 30,
+        "use_adaln_lora": True, "adaln_lora_dim": t("blocks.0.adaln_modulation_self_attn.1.weight").shape[0],
+        "rope_h_extrapolation_ratio": 4.0, "rope_w_extrapolation_ratio": 4.0, "rope_t_extrapolation_ratio": 1.0,
+        "extra_per_block_abs_pos_emb": False, "rope_enable_fps_modulation": False,
+        "adapter": {"dim": adapter_dim, "source_dim": t("llm_adapter.blocks.0.cross_attn.k_proj.weight").shape[1],
+                    "layers": count_indexed(sd, prefix + "llm_adapter.blocks"), "heads": adapter_dim // adapter_head,
+                    "vocab": t("llm_adapter.embed.weight").shape[0]},
+    }
+
+
+def load_anima_model(sd: dict, dtype=None):
+    """A ModelPatcher for an Anima diffusion-model state dict (prefix `net.` or none)."""
+    prefix = "net." if any(k.startswith("net.") for k in sd) else ""
+    config = dit_config_from_sd(sd, prefix)
+    model_config = AnimaConfig(config)
+    load_device = comfy.model_management.get_torch_device()
+    params = sum(v.numel() for v in sd.values())
+    if dtype is None:
+        dtype = comfy.model_management.unet_dtype(model_params=params, supported_dtypes=model_config.supported_inference_dtypes)
+    manual_cast = comfy.model_management.unet_manual_cast(dtype, load_device, model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(dtype, manual_cast)
+    model = model_config.get_model(sd, prefix, device="cpu")
+    model.load_model_weights(sd, prefix)
+    return comfy.model_patcher.ModelPatcher(model, load_device=load_device,
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+# ----------------------------------------------------------------------------------------------
+# Text encoder: Qwen3-0.6B on the runtime's Llama code, tokenized twice (Qwen2 + T5)
+
+@dataclass
+class Qwen3SmallConfig:
+    vocab_size: int = 151936
+    hidden_size: int = 1024
+    intermediate_size: int = 3072
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 16
+    num_key_value_heads: int = 8
+    max_position_embeddings: int = 40960
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 1000000.0
+    transformer_type: str = "llama"
+    head_dim: int = 128
+    rms_norm_add: bool = False
+    mlp_activation: str = "silu"
+    qkv_bias: bool = False
+    rope_dims: object = None
+    q_norm: str = "gemma3"
+    k_norm: str = "gemma3"
+    rope_scale: object = None
+    final_norm: bool = True
+
+
+class Qwen3Small(llama.BaseLlama, nn.Module):
+    """Qwen3 (0.6B by default; sizes from the config dict) on ComfyUI's Llama2_ implementation."""
+
+    def __init__(self, config_dict, dtype, device, operations):
+        super().__init__()
+        fields = Qwen3SmallConfig.__dataclass_fields__
+        config = Qwen3SmallConfig(**{k: v for k, v in config_dict.items() if k in fields})
+        self.num_layers = config.num_hidden_layers
+        self.model = llama.Llama2_(config, device=device, dtype=dtype, ops=operations)
+        self.dtype = dtype
+
+
+def qwen3_config_from_sd(sd: dict, prefix: str = "") -> dict:
+    emb = sd[prefix + "model.embed_tokens.weight"]
+    head_dim = sd[prefix + "model.layers.0.self_attn.q_norm.weight"].shape[0]
+    return {"vocab_size": emb.shape[0], "hidden_size": emb.shape[1],
+            "intermediate_size": sd[prefix + "model.layers.0.mlp.gate_proj.weight"].shape[0],
+            "num_hidden_layers": count_indexed(sd, prefix + "model.layers"), "head_dim": head_dim,
+            "num_attention_heads": sd[prefix + "model.layers.0.self_attn.q_proj.weight"].shape[0] // head_dim,
+            "num_key_value_heads": sd[prefix + "model.layers.0.self_attn.k_proj.weight"].shape[0] // head_dim}
+
+
+def _tokenizer_dir(name):
+    return os.path.join(os.path.dirname(os.path.realpath(comfy.sd1_clip.__file__)), "text_encoders", name)
+
+
+class AnimaTokenizer:
+    """Qwen2 ids (no start/end, pad 151643, weights 1) for the LLM and T5 ids (+weights) for the adapter."""
+
+    def __init__(self, embedding_directory=None, tokenizer_data={}):
+        from transformers import Qwen2Tokenizer, T5TokenizerFast
+        self.qwen3_06b = comfy.sd1_clip.SDTokenizer(
+            _tokenizer_dir("qwen25_tokenizer"), pad_with_end=False, embedding_directory=embedding_directory,
+            embedding_size=1024, embedding_key="qwen3_06b", tokenizer_class=Qwen2Tokenizer, has_start_token=False,
+            has_end_token=False, pad_to_max_length=False, max_length=99999999, min_length=1, pad_token=151643,
+            tokenizer_data=tokenizer_data)
+        self.t5xxl = comfy.sd1_clip.SDTokenizer(
+            _tokenizer_dir("t5_tokenizer"), pad_with_end=False, embedding_directory=embedding_directory,
+            embedding_size=4096, embedding_key="t5xxl", tokenizer_class=T5TokenizerFast, has_start_token=False,
+            pad_to_max_length=False, max_length=99999999, min_length=1, tokenizer_data=tokenizer_data)
+
+    def tokenize_with_weights(self, text, return_word_ids=False, **kwargs):
+        qwen = self.qwen3_06b.tokenize_with_weights(text, return_word_ids, **kwargs)
+        qwen = [[(t[0], 1.0) + tuple(t[2:]) for t in part] for part in qwen]
+        return {"qwen3_06b": qwen, "t5xxl": self.t5xxl.tokenize_with_weights(text, return_word_ids, **kwargs)}
+
+    def untokenize(self, token_weight_pair):
+        return self.t5xxl.untokenize(token_weight_pair)
+
+    def state_dict(self):
+        return {}
+
+
+class AnimaTextEncoder(comfy.sd1_clip.SD1ClipModel):
+    def __init__(self, device="cpu", dtype=None, model_options={}, config=None):
+        clip_model = functools.partial(
+            comfy.sd1_clip.SDClipModel, layer="last", textmodel_json_config=config or {}, special_tokens={"pad": 151643},
+            layer_norm_hidden_state=False, model_class=Qwen3Small, enable_attention_masks=True,
+            return_attention_masks=True)
+        super().__init__(device=device, dtype=dtype, name="qwen3_06b", clip_model=clip_model, model_options=model_options)
+
+    def encode_token_weights(self, token_weight_pairs):
+        out = super().encode_token_weights(token_weight_pairs)
+        t5 = token_weight_pairs["t5xxl"][0]
+        extra = out[2] if len(out) > 2 else {}
+        extra["t5xxl_ids"] = torch.tensor([0 if torch.is_tensor(t[0]) else t[0] for t in t5], dtype=torch.int)
+        extra["t5xxl_weights"] = torch.tensor([t[1] for t in t5])
+        return (out[0], out[1], extra)
+
+
+def load_text_encoder(te_sd: dict, embedding_directory=None):
+    if "model.layers.0.self_attn.q_norm.weight" not in te_sd:
+        raise ModelsmithError("not a Qwen3 text encoder (no model.layers.0.self_attn.q_norm.weight)")
+    config = qwen3_config_from_sd(te_sd)
+    target = comfy.supported_models_base.ClipTarget(AnimaTokenizer, functools.partial(AnimaTextEncoder, config=config))
+    clip = comfy.sd.CLIP(target, embedding_directory=embedding_directory, parameters=sum(v.numel() for v in te_sd.values()))
+    clip.load_sd({"qwen3_06b.transformer." + k: v for k, v in te_sd.items()}, full_model=True)
+    return clip

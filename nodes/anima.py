@@ -1,0 +1,158 @@
+"""Anima nodes: one loader for its three files and a sampler with the official defaults."""
+from __future__ import annotations
+
+import os
+
+import comfy.model_management
+import comfy.samplers
+import comfy.sd
+import comfy.utils
+import folder_paths
+import nodes as comfy_nodes  # ComfyUI's own nodes.py (common_ksampler)
+import torch
+
+from ..core import resolution
+from ..core.errors import ModelsmithError
+from ..core.inspect import inspect_file
+from . import common
+
+DEFAULT_FILES = {"diffusion_models": "anima-base-v1.0.safetensors", "text_encoders": "qwen_3_06b_base.safetensors",
+                 "vae": "qwen_image_vae.safetensors"}
+DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def _choices(folder):
+    names = folder_paths.get_filename_list(folder) if folder in folder_paths.folder_names_and_paths else []
+    default = DEFAULT_FILES[folder]
+    if default not in names and folder == "diffusion_models":
+        default = next((n for n in names if os.path.basename(n).lower().startswith("anima")), default)
+    return (names or [default]), default
+
+
+def _check_dit(path):
+    rep = inspect_file(path)
+    if rep["family"] != "anima":
+        what = f"a {rep['family']} {rep['layout'] or 'file'}" if rep["family"] != "unknown" else "not an Anima model"
+        raise ModelsmithError(f"{os.path.basename(path)} is {what}; expected an Anima diffusion model "
+                              f"(diffusion_models/anima-*.safetensors: Cosmos-Predict2 blocks plus llm_adapter).")
+    return rep
+
+
+def _check_te(sd, path):
+    if "model.layers.0.self_attn.q_norm.weight" not in sd:
+        kind = "a T5 encoder" if any(k.startswith(("encoder.block.", "shared.")) for k in sd) else "not a Qwen3 encoder"
+        raise ModelsmithError(f"{os.path.basename(path)} is {kind}; expected the Qwen3-0.6B text encoder "
+                              f"(text_encoders/qwen_3_06b_base.safetensors).")
+
+
+def _check_vae(sd, path):
+    if "decoder.middle.0.residual.0.gamma" not in sd:
+        raise ModelsmithError(f"{os.path.basename(path)} is not a Wan 2.1 / Qwen-Image VAE; expected "
+                              f"vae/qwen_image_vae.safetensors.")
+
+
+class ModelsmithAnimaLoader:
+    DESCRIPTION = ("Loads Anima from its three files (diffusion model, Qwen3-0.6B text encoder, Qwen-Image VAE) "
+                   "on any ComfyUI: native Anima when the runtime has it, Modelsmith's compat layer otherwise.")
+    CATEGORY = "modelsmith/loaders"
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE", common.SETTINGS)
+    RETURN_NAMES = ("MODEL", "CLIP", "VAE", "SETTINGS")
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        dm, dm_default = _choices("diffusion_models")
+        te, te_default = _choices("text_encoders")
+        vae, vae_default = _choices("vae")
+        return {"required": {
+            "diffusion_model": (dm, {"default": dm_default, "tooltip": "models/diffusion_models/anima-*.safetensors"}),
+            "text_encoder": (te, {"default": te_default, "tooltip": "models/text_encoders/qwen_3_06b_base.safetensors"}),
+            "vae": (vae, {"default": vae_default, "tooltip": "models/vae/qwen_image_vae.safetensors"}),
+            "dtype": (list(DTYPES), {"default": "auto", "tooltip": "Compute dtype of the denoiser (auto: bf16 where supported)."}),
+        }}
+
+    def load(self, diffusion_model, text_encoder, vae, dtype="auto"):
+        from ..compat import anima as compat
+        dm_path = folder_paths.get_full_path_or_raise("diffusion_models", diffusion_model)
+        te_path = folder_paths.get_full_path_or_raise("text_encoders", text_encoder)
+        vae_path = folder_paths.get_full_path_or_raise("vae", vae)
+        report = _check_dit(dm_path)
+        te_sd = comfy.utils.load_torch_file(te_path, safe_load=True)
+        _check_te(te_sd, te_path)
+        vae_sd = comfy.utils.load_torch_file(vae_path, safe_load=True)
+        _check_vae(vae_sd, vae_path)
+        if dtype == "fp16":
+            raise ModelsmithError("Anima in fp16 overflows its residual stream without the fp32-residual path, which "
+                                  "this version does not have yet; choose bf16 (or fp32).")
+        emb = folder_paths.get_folder_paths("embeddings")
+        if compat.native_anima_available():
+            model = comfy.sd.load_diffusion_model(dm_path, model_options={"dtype": DTYPES[dtype]} if DTYPES[dtype] else {})
+            clip_type = getattr(comfy.sd.CLIPType, "ANIMA", comfy.sd.CLIPType.STABLE_DIFFUSION)
+            clip = comfy.sd.load_clip([te_path], embedding_directory=emb, clip_type=clip_type)
+            backend = "native"
+        else:
+            sd = comfy.utils.load_torch_file(dm_path, safe_load=True)
+            model = compat.load_anima_model(sd, DTYPES[dtype])
+            clip = compat.load_text_encoder(te_sd, embedding_directory=emb)
+            backend = "modelsmith compat"
+        vae_obj = comfy.sd.VAE(sd=vae_sd)
+        settings = common.settings_from_report(report, "flow", False)
+        settings["backend"] = backend
+        return (model, clip, vae_obj, settings)
+
+
+class ModelsmithAnimaSampler:
+    DESCRIPTION = ("Samples Anima with the official defaults: ~1 MP sizes in multiples of 16, 30 steps, CFG 4, er_sde, "
+                   "simple, flow shift 3; `turbo` switches to 8 steps at CFG 1 for the Turbo LoRA/model.")
+    CATEGORY = "modelsmith/sampling"
+    RETURN_TYPES = ("LATENT", "IMAGE")
+    RETURN_NAMES = ("LATENT", "IMAGE")
+    FUNCTION = "sample"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL",),
+            "positive_text": ("STRING", {"default": "", "multiline": True, "tooltip": "Used with a CLIP when no positive CONDITIONING is connected."}),
+            "negative_text": ("STRING", {"default": "worst quality, low quality, score_1, score_2, score_3, blurry, jpeg artifacts, sepia", "multiline": True}),
+            "size": (resolution.preset_labels(resolution.ANIMA_PRESETS), {"default": "1:1 (1024x1024)"}),
+            "width": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": 16}),
+            "height": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": 16}),
+            "steps": ("INT", {"default": 30, "min": 1, "max": 200}),
+            "cfg": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1}),
+            "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "er_sde"}),
+            "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "simple"}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True}),
+            "turbo": ("BOOLEAN", {"default": False, "tooltip": "Turbo LoRA/model: 8 steps, CFG 1."}),
+        }, "optional": {
+            "clip": ("CLIP",), "vae": ("VAE",),
+            "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
+        }}
+
+    def sample(self, model, positive_text, negative_text, size, width, height, steps, cfg, sampler_name, scheduler, seed,
+               turbo, clip=None, vae=None, positive=None, negative=None):
+        if turbo:
+            steps, cfg = 8, 1.0
+
+        def cond(given, text):
+            if given is not None:
+                return given
+            if clip is None:
+                raise ModelsmithError("connect a CLIP (or CONDITIONING) to the Anima sampler")
+            return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+        pos, neg = cond(positive, positive_text), cond(negative, negative_text)
+        w, h = resolution.preset_size(size, resolution.ANIMA_PRESETS, resolution.snap(width, height, 16))
+        latent = {"samples": torch.zeros([1, 16, 1, h // 8, w // 8], device=comfy.model_management.intermediate_device())}
+        (out,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, pos, neg, latent)
+        image = None
+        if vae is not None:
+            image = vae.decode(out["samples"])
+            if image.ndim == 5:
+                image = image.reshape(-1, *image.shape[-3:])
+        return (out, image)
+
+
+NODE_CLASS_MAPPINGS = {"ModelsmithAnimaLoader": ModelsmithAnimaLoader, "ModelsmithAnimaSampler": ModelsmithAnimaSampler}
+NODE_DISPLAY_NAME_MAPPINGS = {"ModelsmithAnimaLoader": "Load Anima (3 files) (Modelsmith)",
+                              "ModelsmithAnimaSampler": "Anima Sampler (Modelsmith)"}

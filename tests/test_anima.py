@@ -1,0 +1,136 @@
+"""Anima on the pinned runtime through the compat layer: tiny model end to end, adapter, tokenizer."""
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def anima_files(comfy, models_dir):
+    import tiny_anima
+    return tiny_anima.save(models_dir)
+
+
+def _graph(dm, te, vae, steps=2, turbo=False):
+    return {
+        "1": {"class_type": "ModelsmithAnimaLoader", "inputs": {"diffusion_model": dm, "text_encoder": te, "vae": vae,
+                                                                "dtype": "auto"}},
+        "2": {"class_type": "ModelsmithAnimaSampler", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "positive_text": "masterpiece, 1girl, smile",
+            "negative_text": "worst quality", "size": "custom", "width": 64, "height": 64, "steps": steps,
+            "cfg": 4.0, "sampler_name": "er_sde", "scheduler": "simple", "seed": 5, "turbo": turbo}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 1], "filename_prefix": "anima_tiny"}},
+    }
+
+
+FILES = ("anima-tiny.safetensors", "qwen_3_06b_base.safetensors", "qwen_image_vae.safetensors")
+
+
+def test_tiny_anima_in_process(run_graph, anima_files, output_dir):
+    import numpy as np
+    from PIL import Image
+    executor, _ = run_graph(_graph(*FILES))
+    img = executor.history_result["outputs"]["3"]["images"][0]
+    arr = np.asarray(Image.open(output_dir / img["subfolder"] / img["filename"]))
+    assert arr.shape == (64, 64, 3) and np.isfinite(arr).all()
+
+
+def test_tiny_anima_over_http(server, anima_files):
+    hist = server.queue_and_wait(_graph(*FILES))
+    assert hist["status"]["status_str"] == "success", hist["status"]
+    assert len(hist["outputs"]["3"]["images"]) == 1
+
+
+def test_loader_settings_and_sampling(comfy, anima_files):
+    import nodes
+    import comfy.model_sampling
+    model, clip, vae, settings = nodes.NODE_CLASS_MAPPINGS["ModelsmithAnimaLoader"]().load(*FILES, "auto")
+    assert settings["family"] == "anima" and settings["backend"] == "modelsmith compat"
+    assert settings["recommended"]["sampler"] == "er_sde" and settings["recommended"]["shift"] == 3.0
+    ms = model.get_model_object("model_sampling")
+    assert isinstance(ms, comfy.model_sampling.CONST) and ms.shift == 3.0 and ms.multiplier == 1.0
+    assert type(model.model.latent_format).__name__ == "Wan21"
+
+
+def test_wrong_files_are_named(comfy, anima_files, tiny_files, models_dir):
+    import shutil
+    import nodes
+    loader = nodes.NODE_CLASS_MAPPINGS["ModelsmithAnimaLoader"]()
+    shutil.copy(tiny_files["sdxl"], models_dir / "diffusion_models" / "sdxl_as_dit.safetensors")
+    with pytest.raises(Exception, match="expected an Anima diffusion model") as e:
+        loader.load("sdxl_as_dit.safetensors", FILES[1], FILES[2])
+    assert "sdxl" in str(e.value)
+    import safetensors.torch
+    safetensors.torch.save_file({"encoder.block.0.layer.0.SelfAttention.q.weight": torch.zeros(8, 8),
+                                 "shared.weight": torch.zeros(10, 8)},
+                                str(models_dir / "text_encoders" / "t5_small.safetensors"))
+    with pytest.raises(Exception, match="T5 encoder; expected the Qwen3-0.6B"):
+        loader.load(FILES[0], "t5_small.safetensors", FILES[2])
+    shutil.copy(anima_files["te"], models_dir / "vae" / "not_a_vae.safetensors")
+    with pytest.raises(Exception, match="not a Wan 2.1"):
+        loader.load(FILES[0], FILES[1], "not_a_vae.safetensors")
+
+
+def test_adapter_shapes_masking_and_weights(comfy):
+    from modelsmith.compat.anima import CONTEXT_TOKENS, LLMAdapter, adapter_context
+    import tiny
+    torch.manual_seed(0)
+    ad = LLMAdapter(dim=32, source_dim=64, layers=2, heads=1)
+    tiny.randomize(ad, 3)
+    llm = torch.randn(1, 7, 64)
+    ids = torch.tensor([[209, 18722, 3, 6, 3993, 1]])
+    out = adapter_context(ad, llm, ids)
+    assert out.shape == (1, CONTEXT_TOKENS, 32)
+    assert out[:, 6:].abs().max() == 0 and out[:, :6].abs().min() > 0  # prompt tokens, then zero padding
+    w = torch.tensor([1.2, 1.2, 1.0, 1.0, 1.0, 1.0]).view(1, -1, 1)
+    weighted = adapter_context(ad, llm, ids, w)
+    assert torch.allclose(weighted[:, :6], out[:, :6] * w) and weighted[:, 6:].abs().max() == 0
+    # a masked-out LLM token changes nothing, an unmasked one does
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0]])
+    changed = llm.clone()
+    changed[:, 6] += 5.0
+    assert torch.allclose(adapter_context(ad, llm, ids, source_mask=mask), adapter_context(ad, changed, ids, source_mask=mask), atol=1e-6)
+    assert not torch.allclose(adapter_context(ad, llm, ids), adapter_context(ad, changed, ids), atol=1e-4)
+
+
+def test_tokenizer_real_ids(comfy):
+    from modelsmith.compat.anima import AnimaTokenizer
+    t = AnimaTokenizer().tokenize_with_weights("hello world")
+    assert [x[0] for x in t["qwen3_06b"][0]] == [14990, 1879]       # Qwen2 BPE, no start/end tokens
+    assert [x[0] for x in t["t5xxl"][0]] == [21820, 296, 1]         # T5 sentencepiece + </s>
+    t = AnimaTokenizer().tokenize_with_weights("(1girl:1.2), smile")
+    assert all(x[1] == 1.0 for x in t["qwen3_06b"][0])               # the LLM sees unweighted ids
+    assert [x[1] for x in t["t5xxl"][0]][:2] == [1.2, 1.2]           # weights travel with the T5 ids
+
+
+def test_conditioning_carries_t5_ids(comfy, anima_files):
+    import nodes
+    _, clip, _, _ = nodes.NODE_CLASS_MAPPINGS["ModelsmithAnimaLoader"]().load(*FILES, "auto")
+    cond = clip.encode_from_tokens_scheduled(clip.tokenize("hello world"))
+    extra = cond[0][1]
+    assert extra["t5xxl_ids"].tolist() == [21820, 296, 1]
+    assert cond[0][0].shape == (1, 2, 64)
+
+
+def test_native_anima_is_preferred(comfy, monkeypatch):
+    """A runtime with its own Anima (a stand-in entry in the model registry) makes the pack use native."""
+    import comfy.supported_models
+    from modelsmith.compat import anima
+    assert not anima.native_anima_available()
+    monkeypatch.setattr(comfy.supported_models, "Anima", type("Anima", (), {}), raising=False)
+    assert anima.native_anima_available()
+
+
+def test_compat_registers_nothing(comfy):
+    import comfy.supported_models
+    import comfy.model_detection
+    before = (list(comfy.supported_models.models), dict(vars(comfy.model_detection)))
+    import importlib
+    from modelsmith.compat import anima
+    importlib.reload(anima)
+    assert list(comfy.supported_models.models) == before[0]
+    assert {k: id(v) for k, v in vars(comfy.model_detection).items()} == {k: id(v) for k, v in before[1].items()}
+
+
+def test_fp16_is_refused_with_a_reason(comfy, anima_files):
+    import nodes
+    with pytest.raises(Exception, match="fp16"):
+        nodes.NODE_CLASS_MAPPINGS["ModelsmithAnimaLoader"]().load(*FILES, "fp16")
