@@ -211,7 +211,9 @@ def dit_config_from_sd(sd: dict, prefix: str = "net.") -> dict:
 
 
 def load_anima_model(sd: dict, dtype=None):
-    """A ModelPatcher for an Anima diffusion-model state dict (prefix `net.` or none)."""
+    """A ModelPatcher for an Anima diffusion-model state dict (prefix `net.` or none).
+
+    fp16 computes through the fp32-residual path (enable_fp32_residual)."""
     prefix = "net." if any(k.startswith("net.") for k in sd) else ""
     config = dit_config_from_sd(sd, prefix)
     model_config = AnimaConfig(config)
@@ -223,6 +225,8 @@ def load_anima_model(sd: dict, dtype=None):
     model_config.set_inference_dtype(dtype, manual_cast)
     model = model_config.get_model(sd, prefix, device="cpu")
     model.load_model_weights(sd, prefix)
+    if dtype == torch.float16 and manual_cast is None:
+        enable_fp32_residual(model.diffusion_model)
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device,
                                             offload_device=comfy.model_management.unet_offload_device())
 
@@ -331,3 +335,36 @@ def load_text_encoder(te_sd: dict, embedding_directory=None):
     clip = comfy.sd.CLIP(target, embedding_directory=embedding_directory, parameters=sum(v.numel() for v in te_sd.values()))
     clip.load_sd({"qwen3_06b.transformer." + k: v for k, v in te_sd.items()}, full_model=True)
     return clip
+
+
+# ----------------------------------------------------------------------------------------------
+# fp16 without overflow: the residual stream in fp32, attention and MLP in fp16
+
+def _cast_inputs(dtype, first_only=False):
+    def hook(module, args):
+        n = 1 if first_only else len(args)
+        return tuple(a.to(dtype) if i < n and torch.is_tensor(a) and a.is_floating_point() else a
+                     for i, a in enumerate(args))
+    return hook
+
+
+def _output_to_fp32(module, args, output):
+    return output.float() if torch.is_tensor(output) else output
+
+
+def enable_fp32_residual(dit: MiniTrainDIT, compute_dtype=torch.float16) -> list:
+    """Keep the Cosmos residual stream in fp32 while attention and MLP compute in `compute_dtype`.
+
+    The stream enters each block as fp32; self-attention, cross-attention and the MLP get their
+    inputs in fp16 and hand back fp32, so the gated residual sums (which outgrow fp16's 65504 in
+    real models) are done in fp32. The final projection runs in fp16 on the normalised stream.
+    No values are clamped. Hooks live on this model instance only; returns their handles."""
+    handles = []
+    for block in dit.blocks:
+        handles.append(block.register_forward_pre_hook(_cast_inputs(torch.float32, first_only=True)))
+        for part in (block.self_attn, block.cross_attn, block.mlp):
+            handles.append(part.register_forward_pre_hook(_cast_inputs(compute_dtype)))
+            handles.append(part.register_forward_hook(_output_to_fp32))
+    handles.append(dit.final_layer.linear.register_forward_pre_hook(_cast_inputs(compute_dtype)))
+    dit.modelsmith_fp32_residual = True
+    return handles

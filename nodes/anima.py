@@ -68,7 +68,8 @@ class ModelsmithAnimaLoader:
             "diffusion_model": (dm, {"default": dm_default, "tooltip": "models/diffusion_models/anima-*.safetensors"}),
             "text_encoder": (te, {"default": te_default, "tooltip": "models/text_encoders/qwen_3_06b_base.safetensors"}),
             "vae": (vae, {"default": vae_default, "tooltip": "models/vae/qwen_image_vae.safetensors"}),
-            "dtype": (list(DTYPES), {"default": "auto", "tooltip": "Compute dtype of the denoiser (auto: bf16 where supported)."}),
+            "dtype": (list(DTYPES), {"default": "auto", "tooltip":
+                      "Compute dtype of the denoiser (auto: bf16 where supported). fp16 keeps the residual stream in fp32."}),
         }}
 
     def load(self, diffusion_model, text_encoder, vae, dtype="auto"):
@@ -81,9 +82,6 @@ class ModelsmithAnimaLoader:
         _check_te(te_sd, te_path)
         vae_sd = comfy.utils.load_torch_file(vae_path, safe_load=True)
         _check_vae(vae_sd, vae_path)
-        if dtype == "fp16":
-            raise ModelsmithError("Anima in fp16 overflows its residual stream without the fp32-residual path, which "
-                                  "this version does not have yet; choose bf16 (or fp32).")
         emb = folder_paths.get_folder_paths("embeddings")
         if compat.native_anima_available():
             model = comfy.sd.load_diffusion_model(dm_path, model_options={"dtype": DTYPES[dtype]} if DTYPES[dtype] else {})

@@ -130,7 +130,49 @@ def test_compat_registers_nothing(comfy):
     assert {k: id(v) for k, v in vars(comfy.model_detection).items()} == {k: id(v) for k, v in before[1].items()}
 
 
-def test_fp16_is_refused_with_a_reason(comfy, anima_files):
+def test_fp16_loader_gets_the_fp32_residual_path(comfy, anima_files):
+    import comfy.model_management
     import nodes
-    with pytest.raises(Exception, match="fp16"):
-        nodes.NODE_CLASS_MAPPINGS["ModelsmithAnimaLoader"]().load(*FILES, "fp16")
+    model, *_ = nodes.NODE_CLASS_MAPPINGS["ModelsmithAnimaLoader"]().load(*FILES, "fp16")
+    dit = model.model.diffusion_model
+    if model.model.manual_cast_dtype is None:  # fp16 computes natively on this device
+        assert getattr(dit, "modelsmith_fp32_residual", False)
+    else:  # the device computes fp16 weights in another dtype (CPU): no fp16 residual to protect
+        assert model.model.manual_cast_dtype != torch.float16
+
+
+def _scaled_dit(dtype, scale=10000.0, blocks=4):
+    """The tiny DiT with MLP output weights scaled up: the residual stream grows past fp16's 65504
+    over the blocks while each block's own MLP output stays inside it (what real Anima does)."""
+    import comfy.ops
+    import tiny_anima
+    from modelsmith.compat import anima
+    sd = tiny_anima.dit_state_dict(seed=4, blocks=blocks)
+    cfg = anima.dit_config_from_sd(sd, "net.")
+    cfg.pop("image_model")
+    m = anima.AnimaDiT(**cfg, operations=comfy.ops.disable_weight_init, device="cpu", dtype=dtype)
+    state = {k[len("net."):]: (v * scale if k.endswith("mlp.layer2.weight") and k.startswith("net.blocks.") else v)
+             for k, v in sd.items()}
+    m.load_state_dict(state)
+    return m.to(dtype).eval()
+
+
+def test_fp16_residual_stays_finite_and_close_to_fp32(comfy):
+    from modelsmith.compat.anima import enable_fp32_residual
+    g = torch.Generator().manual_seed(0)
+    x, ctx, t = torch.randn(1, 16, 1, 8, 8, generator=g), torch.randn(1, 512, 32, generator=g), torch.tensor([0.5])
+    peak = []
+    m32 = _scaled_dit(torch.float32)
+    for b in m32.blocks:
+        b.register_forward_hook(lambda mod, a, o: peak.append(float(o.abs().max())))
+    with torch.no_grad():
+        ref = m32(x, t, ctx)
+        naive = _scaled_dit(torch.float16)(x.half(), t.half(), ctx.half())
+        m16 = _scaled_dit(torch.float16)
+        enable_fp32_residual(m16)
+        safe = m16(x.half(), t.half(), ctx.half())
+    assert max(peak) > 65504                       # the fp32 residual really outgrows fp16
+    assert not torch.isfinite(naive).all()         # so the naive fp16 forward overflows
+    assert torch.isfinite(safe).all()              # the pack's fp16 forward does not
+    rel = float((safe.float() - ref).norm() / ref.norm())
+    assert rel < 5e-3, rel                         # stated tolerance: 0.5% relative (measured ~0.1%)
