@@ -176,3 +176,23 @@ def test_fp16_residual_stays_finite_and_close_to_fp32(comfy):
     assert torch.isfinite(safe).all()              # the pack's fp16 forward does not
     rel = float((safe.float() - ref).norm() / ref.norm())
     assert rel < 5e-3, rel                         # stated tolerance: 0.5% relative (measured ~0.1%)
+
+
+def test_tune_with_extra_blocks_loads(comfy):
+    import tiny_anima
+    from modelsmith.compat.anima import load_anima_model
+    model = load_anima_model(tiny_anima.dit_state_dict(seed=9, blocks=3))
+    assert len(model.model.diffusion_model.blocks) == 3
+
+
+def test_turbo_is_8_steps_at_cfg_1(comfy, anima_files):
+    import nodes
+    model, clip, _, _ = nodes.NODE_CLASS_MAPPINGS["ModelsmithAnimaLoader"]().load(*FILES, "auto")
+    s = nodes.NODE_CLASS_MAPPINGS["ModelsmithAnimaSampler"]()
+    args = dict(positive_text="1girl", negative_text="", size="custom", width=32, height=32, sampler_name="euler",
+                scheduler="simple", seed=3, clip=clip)
+    turbo = s.sample(model, steps=30, cfg=4.0, turbo=True, **args)[0]["samples"]
+    plain = s.sample(model, steps=8, cfg=1.0, turbo=False, **args)[0]["samples"]
+    other = s.sample(model, steps=30, cfg=4.0, turbo=False, **args)[0]["samples"]
+    assert torch.equal(turbo, plain) and not torch.equal(turbo, other)
+    assert turbo.shape == (1, 16, 1, 4, 4)
