@@ -1,6 +1,7 @@
 """Subcommands beyond inspect; each registers itself on the CLI's subparsers."""
 from __future__ import annotations
 
+import json
 import sys
 
 
@@ -24,6 +25,7 @@ def register(sub) -> None:
     s.add_argument("--negative", action="store_true", help="print the convention's preset negative prompt")
     s.set_defaults(func=cmd_prompt)
     register_tools(sub)
+    register_workflows(sub)
 
 
 def _progress(desc):
@@ -121,3 +123,49 @@ def register_tools(sub) -> None:
     m.add_argument("--overwrite", action="store_true")
     m.add_argument("--keep-name", action="store_true")
     m.set_defaults(func=cmd_merge)
+
+
+def cmd_workflows(args) -> int:
+    from . import workflows as wf
+    if args.action == "list":
+        for name in wf.bundled():
+            print(name)
+        return 0
+    info = wf.http_json(f"{args.server}/object_info")
+    if args.action == "build":
+        for p in wf.build_all(info):
+            print(f"wrote {p}")
+        return 0
+    bad = 0
+    for name, problems in wf.check_all(info).items():
+        print(f"{'ok  ' if not problems else 'FAIL'} {name}")
+        for p in problems:
+            print(f"     {p}")
+        bad += bool(problems)
+    return 1 if bad else 0
+
+
+def cmd_queue(args) -> int:
+    from . import workflows as wf
+    api = wf.apply_sets(wf.load_api(args.workflow), args.set or [])
+    res = wf.queue(api, server=args.server, out_dir=args.output, timeout=args.timeout, progress=_progress("sampling"))
+    for p in res["saved"]:
+        print(f"saved {p}")
+    if not res["saved"]:
+        print(json.dumps(res["outputs"])[:2000])
+    return 0
+
+
+def register_workflows(sub) -> None:
+    from .workflows import DEFAULT_SERVER
+    w = sub.add_parser("workflows", help="list, build or check the bundled workflows against a running ComfyUI")
+    w.add_argument("action", choices=["list", "check", "build"])
+    w.add_argument("--server", default=DEFAULT_SERVER)
+    w.set_defaults(func=cmd_workflows)
+    q = sub.add_parser("queue", help="queue a bundled workflow (or an API-format JSON file) over HTTP")
+    q.add_argument("workflow", help="a bundled workflow name (see 'workflows list') or a path")
+    q.add_argument("--server", default=DEFAULT_SERVER)
+    q.add_argument("--set", action="append", metavar="NODE.INPUT=VALUE", help="override an input (repeatable)")
+    q.add_argument("--output", default="modelsmith_images", help="folder for the images (default ./modelsmith_images)")
+    q.add_argument("--timeout", type=float, default=3600)
+    q.set_defaults(func=cmd_queue)

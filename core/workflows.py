@@ -1,0 +1,367 @@
+"""Bundled workflows: API-format graphs <-> ComfyUI UI graphs, validation against /object_info,
+and queueing over HTTP. Comfy-free (the server is reached over HTTP).
+
+The API twins in workflows/api/ are the source; the UI graphs in workflows/ are generated from them
+with the server's /object_info (`python -m modelsmith workflows build`) plus a Note node each, and
+`workflows check` proves the two still agree and that every node, widget value and link type exists.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+
+from .errors import ModelsmithError
+
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WORKFLOW_DIR = os.path.join(HERE, "workflows")
+API_DIR = os.path.join(WORKFLOW_DIR, "api")
+VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
+DEFAULT_SERVER = "http://127.0.0.1:8188"
+
+
+def bundled() -> list[str]:
+    return sorted(f[:-5] for f in os.listdir(API_DIR) if f.endswith(".json"))
+
+
+def load_api(name_or_path: str) -> dict:
+    path = name_or_path if os.path.isfile(name_or_path) else os.path.join(API_DIR, f"{name_or_path}.json")
+    if not os.path.isfile(path):
+        raise ModelsmithError(f"no workflow {name_or_path!r}; bundled: {', '.join(bundled())}")
+    with open(path) as f:
+        data = json.load(f)
+    return data.get("prompt", data)
+
+
+def _is_link(v):
+    return isinstance(v, list) and len(v) == 2 and isinstance(v[0], str) and isinstance(v[1], int)
+
+
+def _spec(info, name):
+    """(type, options) of an input from /object_info."""
+    for section in ("required", "optional"):
+        if name in info["input"].get(section, {}):
+            spec = info["input"][section][name]
+            return spec[0], (spec[1] if len(spec) > 1 else {})
+    return None, None
+
+
+def _input_order(info):
+    order = info.get("input_order") or {s: list(info["input"].get(s, {})) for s in ("required", "optional")}
+    return order.get("required", []) + order.get("optional", [])
+
+
+def _is_widget(type_, options):
+    return isinstance(type_, list) or type_ in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+def _has_control(name, type_, options):
+    return type_ == "INT" and (options.get("control_after_generate") or name in ("seed", "noise_seed"))
+
+
+def api_to_ui(api: dict, object_info: dict, note: str = "") -> dict:
+    """A UI graph (LiteGraph 0.4) for an API prompt, laid out left to right by dependency depth."""
+    depth = {}
+
+    def d(nid):
+        if nid not in depth:
+            depth[nid] = 0
+            ins = [v for v in api[nid]["inputs"].values() if _is_link(v)]
+            depth[nid] = 1 + max((d(v[0]) for v in ins), default=-1)
+        return depth[nid]
+    for nid in api:
+        d(nid)
+    nodes, links, link_id = [], [], 0
+    out_links = {}
+    rows = {}
+    for nid in sorted(api, key=lambda n: (depth[n], int(n))):
+        node = api[nid]
+        info = object_info[node["class_type"]]
+        row = rows.get(depth[nid], 0)
+        rows[depth[nid]] = row + 1
+        inputs, widgets = [], []
+        for name in _input_order(info):
+            type_, opts = _spec(info, name)
+            value = node["inputs"].get(name)
+            if _is_link(value):
+                link_id += 1
+                links.append([link_id, int(value[0]), value[1], int(nid), len(inputs),
+                              object_info[api[value[0]]["class_type"]]["output"][value[1]]])
+                out_links.setdefault((value[0], value[1]), []).append(link_id)
+                entry = {"name": name, "type": type_ if isinstance(type_, str) else "COMBO", "link": link_id}
+                if _is_widget(type_, opts):
+                    entry["widget"] = {"name": name}
+                inputs.append(entry)
+            elif _is_widget(type_, opts):
+                widgets.append(value if value is not None else opts.get("default"))
+                if _has_control(name, type_, opts):
+                    widgets.append("fixed")
+            elif value is None and name in info["input"].get("optional", {}):
+                inputs.append({"name": name, "type": type_, "link": None})
+            else:
+                inputs.append({"name": name, "type": type_, "link": None})
+        outputs = [{"name": (info.get("output_name") or info["output"])[i], "type": t, "links": [], "slot_index": i}
+                   for i, t in enumerate(info["output"])]
+        nodes.append({"id": int(nid), "type": node["class_type"], "pos": [40 + 380 * depth[nid], 60 + 330 * row],
+                      "size": [340, 260], "flags": {}, "order": len(nodes), "mode": 0, "inputs": inputs,
+                      "outputs": outputs, "properties": {"Node name for S&R": node["class_type"]},
+                      "widgets_values": widgets})
+    by_id = {n["id"]: n for n in nodes}
+    for (src, slot), ids in out_links.items():
+        by_id[int(src)]["outputs"][slot]["links"] = ids
+    next_id = max(by_id) + 1
+    if note:
+        nodes.append({"id": next_id, "type": "Note", "pos": [40, -260], "size": [520, 220], "flags": {}, "order": len(nodes),
+                      "mode": 0, "inputs": [], "outputs": [], "properties": {"text": ""}, "widgets_values": [note]})
+    return {"last_node_id": max(n["id"] for n in nodes), "last_link_id": link_id, "nodes": nodes, "links": links,
+            "groups": [], "config": {}, "extra": {"modelsmith": True}, "version": 0.4}
+
+
+def ui_to_api(ui: dict, object_info: dict) -> dict:
+    """The API prompt a UI graph queues (virtual nodes dropped)."""
+    links = {l[0]: l for l in ui["links"]}
+    api = {}
+    for node in ui["nodes"]:
+        if node["type"] in VIRTUAL_NODES:
+            continue
+        info = object_info[node["type"]]
+        linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
+        values = list(node.get("widgets_values") or [])
+        inputs = {}
+        for name in _input_order(info):
+            type_, opts = _spec(info, name)
+            if _is_widget(type_, opts) and name not in linked:
+                inputs[name] = values.pop(0)
+                if _has_control(name, type_, opts):
+                    values.pop(0)
+            if name in linked:
+                l = links[linked[name]]
+                inputs[name] = [str(l[1]), l[2]]
+        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return api
+
+
+def validate_ui(ui: dict, object_info: dict) -> list[str]:
+    """Problems of a UI graph against /object_info (empty when it is sound)."""
+    errors = []
+    nodes = {n["id"]: n for n in ui["nodes"]}
+    for n in ui["nodes"]:
+        if n["type"] in VIRTUAL_NODES:
+            continue
+        if n["type"] not in object_info:
+            errors.append(f"node {n['id']}: unknown node type {n['type']}")
+    if errors:
+        return errors
+    try:
+        api = ui_to_api(ui, object_info)
+    except (IndexError, KeyError) as e:
+        return [f"widgets do not match the node inputs ({e})"]
+    for nid, node in api.items():
+        info = object_info[node["class_type"]]
+        for name, value in node["inputs"].items():
+            type_, opts = _spec(info, name)
+            if _is_link(value):
+                continue
+            if isinstance(type_, list) and value not in type_:
+                errors.append(f"node {nid} {node['class_type']}.{name}: {value!r} is not one of its choices")
+            elif type_ in ("INT", "FLOAT"):
+                if not isinstance(value, (int, float)) or isinstance(value, bool):
+                    errors.append(f"node {nid} {node['class_type']}.{name}: {value!r} is not a number")
+                elif ("min" in opts and value < opts["min"]) or ("max" in opts and value > opts["max"]):
+                    errors.append(f"node {nid} {node['class_type']}.{name}: {value} outside [{opts.get('min')}, {opts.get('max')}]")
+            elif type_ == "BOOLEAN" and not isinstance(value, bool):
+                errors.append(f"node {nid} {node['class_type']}.{name}: {value!r} is not a boolean")
+            elif type_ == "STRING" and not isinstance(value, str):
+                errors.append(f"node {nid} {node['class_type']}.{name}: {value!r} is not text")
+        for section in ("required",):
+            for name in info["input"].get(section, {}):
+                if name not in node["inputs"]:
+                    errors.append(f"node {nid} {node['class_type']}: required input {name} is missing")
+    for l in ui["links"]:
+        lid, src, slot, dst, dslot, type_ = l
+        if src not in nodes or dst not in nodes:
+            errors.append(f"link {lid}: a node is missing")
+            continue
+        out_type = object_info[nodes[src]["type"]]["output"][slot]
+        in_entry = nodes[dst]["inputs"][dslot]
+        in_type = _spec(object_info[nodes[dst]["type"]], in_entry["name"])[0]
+        in_type = "COMBO" if isinstance(in_type, list) else in_type
+        if out_type != type_ or (in_type != out_type and in_type != "*"):
+            errors.append(f"link {lid}: {nodes[src]['type']} gives {out_type}, {nodes[dst]['type']}.{in_entry['name']} takes {in_type}")
+    return errors
+
+
+# ----------------------------------------------------------------------------------------------
+# HTTP
+
+def http_json(url, body=None, timeout=30):
+    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        try:
+            detail = json.loads(e.read())
+        except ValueError:
+            detail = {}
+        raise ModelsmithError(f"server refused the request ({e.code}): {_server_error(detail)}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise ModelsmithError(f"cannot reach ComfyUI at {url}: {getattr(e, 'reason', e)}") from None
+
+
+def _server_error(detail):
+    err = detail.get("error", {})
+    msg = err.get("message", "") if isinstance(err, dict) else str(err)
+    for nid, ne in (detail.get("node_errors") or {}).items():
+        for e in ne.get("errors", []):
+            msg += f"\n  node {nid} ({ne.get('class_type')}): {e.get('message')}: {e.get('details')}"
+    return msg or json.dumps(detail)[:500]
+
+
+def apply_sets(api: dict, sets: list[str]) -> dict:
+    """--set node.input=value (value parsed as JSON when it can be, else taken as text)."""
+    api = json.loads(json.dumps(api))
+    for s in sets:
+        key, eq, raw = s.partition("=")
+        nid, dot, name = key.partition(".")
+        if not eq or not dot or nid not in api:
+            raise ModelsmithError(f"--set {s!r}: use NODE.INPUT=VALUE with a node id of the workflow ({', '.join(api)})")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        api[nid]["inputs"][name] = value
+    return api
+
+
+def queue(api: dict, server=DEFAULT_SERVER, out_dir=None, timeout=3600, progress=None) -> dict:
+    """Queue a prompt, follow it (websocket when available, else /history polling), save images."""
+    client_id = uuid.uuid4().hex
+    res = http_json(f"{server}/prompt", {"prompt": api, "client_id": client_id})
+    pid = res["prompt_id"]
+    ws = None
+    try:
+        import websocket  # websocket-client
+        ws = websocket.create_connection(server.replace("http", "ws", 1) + f"/ws?clientId={client_id}", timeout=5)
+    except Exception:
+        ws = None
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if ws is not None:
+                try:
+                    msg = ws.recv()
+                    if isinstance(msg, str):
+                        m = json.loads(msg)
+                        if m.get("type") == "progress" and progress:
+                            progress(m["data"].get("value", 0), m["data"].get("max", 1))
+                        if m.get("type") == "execution_error" and m["data"].get("prompt_id") == pid:
+                            d = m["data"]
+                            raise ModelsmithError(f"node {d.get('node_id')} ({d.get('node_type')}) failed: "
+                                                  f"{d.get('exception_message', '').strip()}")
+                except ModelsmithError:
+                    raise
+                except Exception:
+                    pass
+            hist = http_json(f"{server}/history/{pid}")
+            if pid in hist:
+                status = hist[pid].get("status", {})
+                if status.get("status_str") == "error":
+                    msgs = [m for m in status.get("messages", []) if m[0] == "execution_error"]
+                    d = msgs[0][1] if msgs else {}
+                    raise ModelsmithError(f"node {d.get('node_id')} ({d.get('node_type')}) failed: "
+                                          f"{d.get('exception_message', '').strip()}")
+                if status.get("completed"):
+                    return _collect(hist[pid], server, out_dir)
+            if ws is None:
+                time.sleep(0.3)
+    finally:
+        if ws is not None:
+            ws.close()
+    raise ModelsmithError(f"prompt {pid} did not finish in {timeout}s")
+
+
+def _collect(entry, server, out_dir):
+    saved = []
+    for nid, out in entry.get("outputs", {}).items():
+        for img in out.get("images", []):
+            if out_dir:
+                q = urllib.parse.urlencode({"filename": img["filename"], "subfolder": img.get("subfolder", ""),
+                                            "type": img.get("type", "output")})
+                with urllib.request.urlopen(f"{server}/view?{q}", timeout=60) as r:
+                    data = r.read()
+                os.makedirs(out_dir, exist_ok=True)
+                path = os.path.join(out_dir, os.path.basename(img["filename"]))
+                with open(path, "wb") as f:
+                    f.write(data)
+                saved.append(path)
+    return {"outputs": entry.get("outputs", {}), "saved": saved}
+
+
+_ANIMA_FILES = ("Files: ComfyUI/models/diffusion_models/anima-base-v1.0.safetensors (or anima-preview*), "
+                "ComfyUI/models/text_encoders/qwen_3_06b_base.safetensors, ComfyUI/models/vae/qwen_image_vae.safetensors.\n")
+NOTES = {
+    "anima_t2i": _ANIMA_FILES + "Recommended: ~1 MP (1024x1024, 896x1152, 832x1216, 768x1344), 30 steps, CFG 4, "
+                 "er_sde / simple, flow shift 3. Prompt order: quality/meta/year/safety, count, character, series, "
+                 "@artist, general tags, then natural language.",
+    "anima_t2i_turbo": _ANIMA_FILES + "Turbo (LoRA or model): the sampler's turbo switch uses 8 steps at CFG 1 "
+                       "(8-12 steps, CFG 1 per the model card).",
+    "anima_fp16": _ANIMA_FILES + "fp16 for GPUs without fast bf16: the loader's dtype fp16 keeps the residual stream "
+                  "in fp32 (no overflow, no clamping). Otherwise as the base workflow: 30 steps, CFG 4, er_sde/simple.",
+    "sdxl_t2i": "File: ComfyUI/models/checkpoints/sd_xl_base_1.0.safetensors (any SDXL eps checkpoint).\n"
+                "Recommended: 1024x1024 or another SDXL bucket, ~25 steps, CFG 5-7 (0 = auto 6). The SDXL VAE "
+                "overflows in fp16: decode in bf16/fp32 or use sdxl-vae-fp16-fix.",
+    "sdxl_vpred_ztsnr_t2i": "File: ComfyUI/models/checkpoints/ a v-prediction + ZTSNR SDXL model (e.g. NoobAI-XL "
+                            "V-Pred). No yaml needed: v_pred/ztsnr markers are read; the sampler forces v+ztsnr for "
+                            "files without them. Recommended: CFG <= 5 (0 = auto 4.5) with CFG rescale 0.7, euler.",
+    "prompt_builder_to_sdxl": "File: ComfyUI/models/checkpoints/illustriousXL_v01.safetensors (Illustrious/NoobAI). "
+                              "The prompt builder orders and spells tags as the model learned; the negative preset "
+                              "comes with it. Recommended: 1024x1024, ~25 steps, CFG 5-7.",
+    "inspect_model": "Put any checkpoint in ComfyUI/models/checkpoints or diffusion_models (unet). The node reads "
+                     "only the header: family, layout, precision, prediction, ZTSNR, EMA, components, recommended "
+                     "settings and warnings.",
+    "merge_block_weights": "Files: two checkpoints of the same family in ComfyUI/models/checkpoints. Block weights: "
+                           "SD1 26 (BASE, IN00-IN11, M00, OUT00-OUT11), SDXL 21 (BASE, IN00-IN08, M00, OUT00-OUT08, "
+                           "VAE); unlisted blocks use alpha. Streams tensor by tensor; writes to "
+                           "ComfyUI/output/checkpoints with the recipe JSON beside it.",
+    "prune_convert_for_distribution": "File: a checkpoint in ComfyUI/models/checkpoints (.safetensors or .ckpt, read "
+                                      "through the allowlist). Writes fp16, EMA dropped (or 'only' for emaonly), "
+                                      "ModelSpec metadata with hash, ASCII file name without spaces.",
+}
+
+
+def build_all(object_info: dict, names=None) -> list[str]:
+    """Write workflows/<name>.json (UI graph) from each API twin. Returns the paths written."""
+    written = []
+    for name in names or bundled():
+        ui = api_to_ui(load_api(name), object_info, NOTES.get(name, ""))
+        path = os.path.join(WORKFLOW_DIR, f"{name}.json")
+        with open(path, "w") as f:
+            json.dump(ui, f, indent=1)
+        written.append(path)
+    return written
+
+
+def check_all(object_info: dict) -> dict:
+    """name -> problems (UI graph against /object_info, and the API twin against the UI graph)."""
+    report = {}
+    for name in bundled():
+        problems = []
+        path = os.path.join(WORKFLOW_DIR, f"{name}.json")
+        if not os.path.isfile(path):
+            report[name] = ["no UI graph (run: python -m modelsmith workflows build)"]
+            continue
+        with open(path) as f:
+            ui = json.load(f)
+        problems += validate_ui(ui, object_info)
+        if not problems and ui_to_api(ui, object_info) != load_api(name):
+            problems.append("the API twin differs from the UI graph")
+        if not any(n["type"] == "Note" for n in ui["nodes"]):
+            problems.append("no Note node")
+        report[name] = problems
+    return report

@@ -1,0 +1,123 @@
+"""Bundled workflows: valid against the pinned runtime's /object_info, API twins equal their UI
+graphs and run to completion over HTTP with tiny models under the expected file names."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from modelsmith.core import workflows as wf
+from conftest import start_server, stop_server
+
+EXPECTED_FILES = {
+    "checkpoints/sd_xl_base_1.0.safetensors": ("tiny", "sdxl"),
+    "checkpoints/illustriousXL_v01.safetensors": ("tiny", "sdxl_nomarker"),
+    "checkpoints/noobaiXL_vpred_1.0.safetensors": ("tiny", "sdxl_vpred_ztsnr"),
+    "diffusion_models/anima-base-v1.0.safetensors": ("anima", "dit"),
+    "text_encoders/qwen_3_06b_base.safetensors": ("anima", "te"),
+    "vae/qwen_image_vae.safetensors": ("anima", "vae"),
+}
+
+
+@pytest.fixture(scope="session")
+def wf_server(comfy, tiny_files, tmp_path_factory):
+    """A server whose models folder holds tiny models under the names the workflows expect."""
+    import tiny_anima
+    d = tmp_path_factory.mktemp("wf_models")
+    for sub in ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras", "embeddings"):
+        (d / sub).mkdir()
+    anima = tiny_anima.save(d, blocks=2)
+    for rel, (kind, key) in EXPECTED_FILES.items():
+        src = tiny_files[key] if kind == "tiny" else anima[key]
+        dst = d / rel
+        if not dst.exists():
+            shutil.copy(src, dst)
+    out = tmp_path_factory.mktemp("wf_output")
+    srv = start_server(d, out, tmp_path_factory.mktemp("wf_server") / "comfyui.log")
+    srv.models, srv.output = d, out
+    yield srv
+    stop_server(srv)
+
+
+def test_every_workflow_validates(wf_server):
+    info = wf_server.get("/object_info")
+    report = wf.check_all(info)
+    assert set(report) == set(wf.bundled()) and len(report) >= 9
+    assert all(not p for p in report.values()), report
+
+
+def test_validator_catches_problems(wf_server):
+    info = wf_server.get("/object_info")
+    with open(os.path.join(wf.WORKFLOW_DIR, "sdxl_t2i.json")) as f:
+        ui = json.load(f)
+    bad = json.loads(json.dumps(ui))
+    bad["nodes"][0]["type"] = "NoSuchNode"
+    assert any("unknown node type" in p for p in wf.validate_ui(bad, info))
+    bad = json.loads(json.dumps(ui))
+    sampler = next(n for n in bad["nodes"] if n["type"] == "ModelsmithSDXLSampler")
+    sampler["widgets_values"][0] = "v-pred-please"  # prediction
+    assert any("not one of its choices" in p for p in wf.validate_ui(bad, info))
+    bad = json.loads(json.dumps(ui))
+    bad["links"][0][5] = "LATENT"
+    assert any("gives" in p for p in wf.validate_ui(bad, info))
+
+
+def test_templates_are_listed(wf_server):
+    listed = wf_server.get("/workflow_templates")
+    assert set(wf.bundled()) <= set(listed.get("modelsmith", []))
+
+
+QUICK = {"steps": 2, "size": "custom", "width": 64, "height": 64}
+
+
+@pytest.mark.parametrize("name", wf.bundled())
+def test_api_twin_runs_over_http(wf_server, name):
+    api = wf.load_api(name)
+    sets = [f"{nid}.{k}={json.dumps(v)}" for nid, n in api.items() for k, v in QUICK.items() if k in n["inputs"]]
+    res = wf.queue(wf.apply_sets(api, sets), server=wf_server.url, out_dir=str(wf_server.output / "fetched" / name),
+                   timeout=600)
+    assert res["outputs"], name
+    if any(n["class_type"] == "SaveImage" for n in api.values()):
+        assert res["saved"] and all(os.path.getsize(p) > 0 for p in res["saved"])
+
+
+def test_queue_cli_with_overrides_and_errors(wf_server, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "modelsmith", "queue", "sdxl_t2i", "--server", wf_server.url,
+                        "--set", "4.steps=1", "--set", "4.size=custom", "--set", "4.width=64", "--set", "4.height=64",
+                        "--output", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert list(tmp_path.glob("*.png"))
+    r = subprocess.run([sys.executable, "-m", "modelsmith", "queue", "sdxl_t2i", "--server", wf_server.url,
+                        "--set", "1.ckpt_name=missing.safetensors"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "ckpt_name" in r.stderr and "missing.safetensors" in r.stderr
+
+
+def test_fifty_prompts_back_to_back(wf_server):
+    import psutil
+    proc = psutil.Process(wf_server.proc.pid)
+    g = {"1": {"class_type": "ModelsmithTagNormalize", "inputs": {"text": "smile, 1girl, masterpiece", "convention": "anima"}}}
+    ids = []
+    first = None
+    for i in range(50):
+        g["1"]["inputs"]["text"] = f"smile, 1girl, masterpiece, tag{i}"
+        ids.append(wf_server.post("/prompt", {"prompt": g, "client_id": "load"})[1]["prompt_id"])
+        if i == 0:
+            wf_server.queue_and_wait({"1": {"class_type": "ModelsmithTagNormalize",
+                                            "inputs": {"text": "warm up", "convention": "anima"}}})
+            first = proc.memory_info().rss
+    import time
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        hist = wf_server.get("/history?max_items=200")
+        if all(pid in hist for pid in ids):
+            break
+        time.sleep(0.5)
+    hist = wf_server.get("/history?max_items=200")
+    done = [pid for pid in ids if pid in hist and hist[pid]["status"]["status_str"] == "success"]
+    assert len(done) == 50
+    texts = {hist[pid]["outputs"]["1"]["text"][0] for pid in ids}
+    assert len(texts) == 50  # every prompt ran with its own input, none lost or merged
+    after = proc.memory_info().rss
+    assert after <= first * 1.10, (first, after)
