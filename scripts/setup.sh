@@ -66,7 +66,14 @@ if [ ! -f "$STAMP" ]; then
   rm -f "$VENV"/.modelsmith-* && touch "$STAMP"
 fi
 
-# 3. Link the pack into the runtime's custom_nodes.
+# 3. Debian's Chromium for the browser test (headless; the test drives it with Playwright).
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[setup] installing Debian chromium for the browser test"
+  apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+    || echo "[setup] could not install chromium; the browser test will say so" >&2
+fi
+
+# 4. Link the pack into the runtime's custom_nodes.
 LINK="$COMFY/custom_nodes/modelsmith"
 if [ ! -e "$LINK" ]; then
   ln -s "$ROOT" "$LINK"
