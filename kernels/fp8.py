@@ -1,0 +1,36 @@
+"""Scaled fp8 (e4m3fn, e5m2) with one fp32 scale per tensor: the torch reference.
+
+Quantize: q = clamp(x * (1/scale) in x's dtype, -max, max) cast to fp8 (round to nearest even);
+dequantize: q * scale in the output dtype. Bit-identical to comfy-kitchen's eager backend."""
+from __future__ import annotations
+
+import torch
+
+FP8_MAX = {torch.float8_e4m3fn: 448.0, torch.float8_e5m2: 57344.0}
+
+
+def per_tensor_scale(x: torch.Tensor, dtype=torch.float8_e4m3fn) -> torch.Tensor:
+    """amax / fp8 max, as float32 (a zero tensor gets scale 1)."""
+    amax = x.detach().abs().amax().float()
+    scale = amax / FP8_MAX[dtype]
+    return torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def quantize(x: torch.Tensor, scale: torch.Tensor | None = None, dtype=torch.float8_e4m3fn):
+    """(fp8 tensor, float32 scale)."""
+    if dtype not in FP8_MAX:
+        raise ValueError(f"fp8 dtype must be float8_e4m3fn or float8_e5m2, not {dtype}")
+    if scale is None:
+        scale = per_tensor_scale(x, dtype)
+    lim = FP8_MAX[dtype]
+    inv = (1.0 / scale).to(x.dtype)
+    flat = x.reshape(-1)
+    q = torch.empty(flat.shape, dtype=dtype, device=x.device)
+    step = 1 << 18  # chunks that stay in cache: the three passes then cost about one
+    for i in range(0, flat.numel(), step):
+        q[i:i + step] = (flat[i:i + step] * inv).clamp_(-lim, lim)
+    return q.view(x.shape), scale.float()
+
+
+def dequantize(q: torch.Tensor, scale: torch.Tensor, dtype=torch.bfloat16) -> torch.Tensor:
+    return q.to(dtype) * scale.to(dtype)

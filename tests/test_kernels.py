@@ -1,0 +1,72 @@
+"""Precision formats: the torch reference against comfy-kitchen's eager backend, bit for bit."""
+import pytest
+import torch
+
+ck = pytest.importorskip("comfy_kitchen.backends.eager.quantization", reason="comfy-kitchen is installed by make setup")
+from modelsmith.kernels import fp8, nvfp4  # noqa: E402
+
+
+def _bits(t):
+    """The raw bits, so NaN and -0.0 compare exactly."""
+    width = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()]
+    return t.view(width)
+
+
+def _cases():
+    g = torch.Generator().manual_seed(0)
+    r = lambda *s: torch.randn(*s, generator=g)  # noqa: E731
+    tiny = torch.full((32, 32), 1e-40)                     # float32 subnormals
+    mixed = r(64, 64)
+    mixed[::3] *= 1e-38
+    mixed[1::5] *= 1e30
+    blocks = torch.zeros(48, 64)
+    blocks[:, ::16] = r(48, 4) * 100                        # one non-zero per 16-block
+    ties = torch.tensor(nvfp4._MIDPOINTS + (0.0,) * 9).repeat(32, 2)  # exact rounding ties (x per_tensor=1/448 later)
+    return {
+        "random_bf16": (r(256, 512) * 2).bfloat16(), "random_fp16": r(128, 256).half(), "random_fp32": r(64, 128),
+        "zeros": torch.zeros(32, 64), "huge": r(32, 64) * 1e37, "near_max": torch.full((16, 16), 3.3e38), "subnormal": tiny, "mixed_scales": mixed,
+        "sparse_blocks": blocks, "neg_zero": -torch.zeros(16, 32), "ties": ties,
+        "odd_rows": r(33, 64), "odd_both": r(45, 70), "single_row": r(1, 16),
+    }
+
+
+CASES = _cases()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_nvfp4_bit_identical_to_comfy_kitchen(name):
+    x = CASES[name]
+    pad = x.shape[0] % 16 != 0 or x.shape[1] % 16 != 0
+    g = nvfp4.global_scale(x)
+    q_ck, s_ck = ck.quantize_nvfp4(x, g, pad_16x=pad)
+    q, s, g2 = nvfp4.quantize(x, g, pad_16x=pad)
+    assert torch.equal(q, q_ck)
+    assert torch.equal(_bits(s), _bits(s_ck)) and s.shape == s_ck.shape
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        assert torch.equal(_bits(nvfp4.dequantize(q, s, g2, dtype)), _bits(ck.dequantize_nvfp4(q_ck, g, s_ck, dtype)))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2])
+def test_fp8_bit_identical_to_comfy_kitchen(name, dtype):
+    x = CASES[name]
+    scale = fp8.per_tensor_scale(x, dtype)
+    q, s = fp8.quantize(x, scale, dtype)
+    assert torch.equal(_bits(q), _bits(ck.quantize_per_tensor_fp8(x, scale, dtype)))
+    assert torch.equal(_bits(fp8.dequantize(q, s)), _bits(ck.dequantize_per_tensor_fp8(q, scale)))
+
+
+def test_e2m1_fast_rounding_equals_the_definition():
+    v = torch.linspace(-6, 6, 400_001)
+    pts = torch.tensor(nvfp4._MIDPOINTS + nvfp4.E2M1_VALUES)
+    near = torch.cat([pts, torch.nextafter(pts, torch.tensor(9.0)), torch.nextafter(pts, torch.tensor(-9.0))])
+    v = torch.cat([v, near, -near, torch.tensor([0.0, -0.0, 1e-45, -1e-45])])
+    assert torch.equal(nvfp4.e2m1_codes(v), nvfp4.e2m1_codes_search(v))
+
+
+def test_nvfp4_round_trip_error_is_small():
+    x = torch.randn(256, 256)
+    q, s, g = nvfp4.quantize(x)
+    y = nvfp4.dequantize(q, s, g, torch.float32)
+    cos = torch.nn.functional.cosine_similarity(x.flatten(), y.flatten(), dim=0)
+    assert cos > 0.99 and q.numel() + s.numel() < 0.57 * x.numel()  # 4.5 bits per value
