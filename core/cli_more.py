@@ -26,6 +26,7 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_prompt)
     register_tools(sub)
     register_workflows(sub)
+    register_quantize(sub)
 
 
 def _progress(desc):
@@ -169,3 +170,26 @@ def register_workflows(sub) -> None:
     q.add_argument("--output", default="modelsmith_images", help="folder for the images (default ./modelsmith_images)")
     q.add_argument("--timeout", type=float, default=3600)
     q.set_defaults(func=cmd_queue)
+
+
+def cmd_quantize(args) -> int:
+    from .quantize import run_quantize
+    out = _output_path(args.output, args.keep_name)
+    rep = run_quantize(args.input, out, fmt=args.format, preset=args.preset, exclude=args.exclude or "",
+                       overwrite=args.overwrite, progress=_progress("quantize"))
+    print(f"wrote {rep['output']}: {rep['quantized_layers']} layers in {args.format} "
+          f"({rep['bytes_per_param']:.3f} bytes/param), preset {rep['preset']}")
+    return 0
+
+
+def register_quantize(sub) -> None:
+    q = sub.add_parser("quantize", help="quantize a denoiser to fp8 or nvfp4 in ComfyUI's native format, streaming")
+    q.add_argument("input")
+    q.add_argument("output")
+    q.add_argument("--format", choices=["fp8", "nvfp4"], default="fp8")
+    q.add_argument("--preset", choices=["auto", "anima", "sdxl", "none"], default="auto",
+                   help="layers kept in high precision (auto: by the detected family)")
+    q.add_argument("--exclude", help="more layers to keep, comma-separated regular expressions")
+    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--keep-name", action="store_true")
+    q.set_defaults(func=cmd_quantize)

@@ -1,0 +1,119 @@
+"""Quantize a denoiser into ComfyUI's native quantized format, streaming tensor by tensor.
+
+Per quantized layer: `<layer>.weight` (fp8 e4m3fn, or nvfp4 packed uint8), `<layer>.weight_scale`
+(fp32 scalar for fp8; blocked E4M3 block scales for nvfp4), `<layer>.weight_scale_2` (nvfp4's fp32
+per-tensor scale) and `<layer>.comfy_quant` (uint8 UTF-8 JSON {"format": ...}), as current ComfyUI
+reads them; plus the `_quantization_metadata` header that ComfyUI 0.3.x reads, listing the fp8
+layers (0.3.x knows only float8_e4m3fn, so nvfp4 files need a current ComfyUI).
+
+Sensitive layers stay in high precision by preset (reference.md sections 4 and 5)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from .errors import ModelsmithError
+
+PRESETS = {
+    # Anima community preset: first block, block 1's AdaLN, final layer, adapter, embedders
+    "anima": [r"(^|\.)blocks\.0\.", r"(^|\.)blocks\.1\.adaln_modulation", r"(^|\.)final_layer\.", r"(^|\.)llm_adapter\.",
+              r"(^|\.)t_embedder\.", r"(^|\.)x_embedder\.", r"(^|\.)t_embedding_norm"],
+    # SDXL / SD1: in/out convs, time and label embeddings, norms
+    "sdxl": [r"(^|\.)input_blocks\.0\.", r"(^|\.)out\.", r"(^|\.)time_embed\.", r"(^|\.)label_emb\.", r"norm"],
+}
+PRESETS["sd1"] = PRESETS["sdxl"]
+FORMATS = {"fp8": "float8_e4m3fn", "nvfp4": "nvfp4"}
+
+
+def excluded(layer: str, patterns) -> bool:
+    return any(re.search(p, layer) for p in patterns)
+
+
+def plan(table: dict, fmt: str, patterns, prefix: str = "") -> dict:
+    """layer -> format for every 2-D `.weight` of the denoiser that is quantized."""
+    layers = {}
+    for name, (dtype, shape) in table.items():
+        if not name.startswith(prefix) or not name.endswith(".weight") or len(shape) != 2:
+            continue
+        if dtype not in ("F32", "F16", "BF16"):
+            continue
+        layer = name[: -len(".weight")]
+        if excluded(layer[len(prefix):], patterns):
+            continue
+        if fmt == "nvfp4" and (shape[1] % 16 or shape[0] % 16):
+            continue  # nvfp4 needs whole 16-blocks; such layers stay in high precision
+        layers[layer] = FORMATS[fmt]
+    return layers
+
+
+def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=False, progress=None) -> dict:
+    import torch
+
+    from ..kernels import fp8 as k_fp8
+    from ..kernels import nvfp4 as k_nvfp4
+    from .inspect import inspect_file
+    from .stream import AtomicWriter, Reader, prefetched, st_dtype
+
+    if fmt not in FORMATS:
+        raise ModelsmithError(f"format must be one of {', '.join(FORMATS)}")
+    report = inspect_file(src)
+    if not report["components"].get("denoiser"):
+        raise ModelsmithError(f"{src}: no denoiser to quantize")
+    if report["precision"] in ("fp8-scaled", "nvfp4"):
+        raise ModelsmithError(f"{src} is already quantized ({report['precision']})")
+    family = report["family"]
+    if preset == "auto":
+        preset = "anima" if family in ("anima", "cosmos-predict2") else "sdxl" if family in ("sdxl", "sd1", "sd2") else None
+    patterns = list(PRESETS.get(preset, [])) + [p.strip() for p in exclude.split(",") if p.strip()]
+    from .families import find_denoiser
+    with Reader(src) as r:
+        table = {k: (t.dtype, t.shape) for k, t in r.header.tensors.items()}
+        _, prefix = find_denoiser(table)
+        layers = plan(table, fmt, patterns, prefix or "")
+        entries = {}
+        for k, (dt, shape) in table.items():
+            layer = k[: -len(".weight")] if k.endswith(".weight") else None
+            if layer in layers:
+                conf = json.dumps({"format": layers[layer]}).encode()
+                if fmt == "fp8":
+                    entries[k] = ("F8_E4M3", shape)
+                    entries[layer + ".weight_scale"] = ("F32", ())
+                else:
+                    rows, cols = shape
+                    entries[k] = ("U8", (rows, cols // 2))
+                    entries[layer + ".weight_scale"] = ("F8_E4M3", (-(-rows // 128) * 128, -(-(cols // 16) // 4) * 4))
+                    entries[layer + ".weight_scale_2"] = ("F32", ())
+                entries[layer + ".comfy_quant"] = ("U8", (len(conf),))
+            else:
+                entries[k] = (dt, shape)
+        meta = dict(r.metadata)
+        fp8_layers = {l[len(prefix or ""):]: {"format": f} for l, f in layers.items() if f == "float8_e4m3fn"}
+        if fp8_layers:
+            meta["_quantization_metadata"] = json.dumps({"format_version": "1.0", "layers": fp8_layers})
+        stats = {"quantized_layers": len(layers), "quantized_params": 0, "quantized_bytes": 0}
+        with AtomicWriter(output, entries, meta, overwrite=overwrite) as w:
+            for i, (k, t) in enumerate(prefetched(list(table), r.get)):
+                layer = k[: -len(".weight")] if k.endswith(".weight") else None
+                if layer in layers:
+                    x = t.to(torch.bfloat16) if t.dtype == torch.float32 else t
+                    if fmt == "fp8":
+                        q, s = k_fp8.quantize(x)
+                        parts = [(k, q), (layer + ".weight_scale", s.reshape(()))]
+                    else:
+                        q, s, g = k_nvfp4.quantize(x)
+                        parts = [(k, q), (layer + ".weight_scale", s), (layer + ".weight_scale_2", g.reshape(()))]
+                    conf = json.dumps({"format": layers[layer]}).encode()
+                    parts.append((layer + ".comfy_quant", torch.tensor(list(conf), dtype=torch.uint8)))
+                    stats["quantized_params"] += t.numel()
+                    stats["quantized_bytes"] += sum(p.numel() * p.element_size() for n, p in parts[:-1])
+                    for n, p in parts:
+                        w.add(n, p)
+                else:
+                    w.add(k, t)
+                if progress:
+                    progress(i + 1, len(table))
+    stats["bytes_per_param"] = stats["quantized_bytes"] / max(1, stats["quantized_params"])
+    stats["output"] = output
+    stats["preset"] = preset
+    return stats

@@ -1,0 +1,91 @@
+"""Quantized saving in ComfyUI's native format: stock loader, inspection, bytes per parameter."""
+import json
+import subprocess
+import sys
+
+import pytest
+import safetensors.torch
+import torch
+
+from modelsmith.core.inspect import inspect_file
+from modelsmith.core.quantize import run_quantize
+
+
+@pytest.fixture(scope="session")
+def mid_sd1_unet(comfy, models_dir):
+    """An SD1-shaped UNet ComfyUI's stock detection accepts (320 channels, 768 context), fp16."""
+    import tiny
+    from modelsmith.compat import sized
+    cfg = dict(tiny.SD1_UNET, model_channels=320, channel_mult=[1, 2], num_res_blocks=[1, 1],
+               transformer_depth=[1, 1, 0, 0], transformer_depth_output=[1, 1, 1, 1], context_dim=768)
+    p, _ = sized.build_model("sd1", cfg, dtype=torch.float32)
+    tiny.randomize(p.model.diffusion_model, 11)
+    sd = {k: v.detach().half().contiguous() for k, v in p.model.diffusion_model.state_dict().items()}
+    path = models_dir / "diffusion_models" / "mid_sd1_fp16.safetensors"
+    safetensors.torch.save_file(sd, str(path))
+    return path
+
+
+def _forward(model):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 16, 16, generator=g)
+    ctx = torch.randn(1, 77, 768, generator=g)
+    with torch.no_grad():
+        return model.model.apply_model(x, torch.tensor([500.0]), c_crossattn=ctx).float()
+
+
+def test_fp8_file_loads_in_stock_unet_loader(comfy, mid_sd1_unet, models_dir):
+    import nodes
+    out = models_dir / "diffusion_models" / "mid_sd1_fp8.safetensors"
+    stats = run_quantize(mid_sd1_unet, out, fmt="fp8")
+    assert stats["quantized_layers"] > 10 and stats["bytes_per_param"] <= 1.02
+    rep = inspect_file(out)
+    assert (rep["family"], rep["precision"]) == ("sd1", "fp8-scaled")
+    meta = safetensors.safe_open(str(out), "pt").metadata()
+    layers = json.loads(meta["_quantization_metadata"])["layers"]
+    assert len(layers) == stats["quantized_layers"] and all(v == {"format": "float8_e4m3fn"} for v in layers.values())
+    assert not any(k.startswith(("input_blocks.0.", "time_embed.", "out.")) for k in layers)  # the SDXL/SD1 preset
+    base = nodes.NODE_CLASS_MAPPINGS["UNETLoader"]().load_unet("mid_sd1_fp16.safetensors", "default")[0]
+    quant = nodes.NODE_CLASS_MAPPINGS["UNETLoader"]().load_unet("mid_sd1_fp8.safetensors", "default")[0]
+    qtypes = {type(m.weight).__name__ for m in quant.model.diffusion_model.modules() if hasattr(m, "weight") and m.weight is not None}
+    assert "QuantizedTensor" in qtypes  # the stock loader built fp8 layers from the file
+    a, b = _forward(base), _forward(quant)
+    cos = float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+    print(f"fp8 denoiser output cosine similarity to fp16: {cos:.5f}")
+    assert torch.isfinite(b).all() and cos >= 0.99
+
+
+def test_nvfp4_file_is_inspected_and_small(comfy, mid_sd1_unet, tmp_path):
+    from modelsmith.kernels import nvfp4
+    out = tmp_path / "mid_sd1_nvfp4.safetensors"
+    stats = run_quantize(mid_sd1_unet, out, fmt="nvfp4")
+    assert stats["bytes_per_param"] <= 0.57
+    rep = inspect_file(out)
+    assert (rep["family"], rep["precision"]) == ("sd1", "nvfp4")
+    src, q = safetensors.torch.load_file(str(mid_sd1_unet)), safetensors.torch.load_file(str(out))
+    layer = next(k[: -len(".comfy_quant")] for k in q if k.endswith(".comfy_quant"))
+    assert json.loads(bytes(q[layer + ".comfy_quant"].tolist())) == {"format": "nvfp4"}
+    w = nvfp4.dequantize(q[layer + ".weight"], q[layer + ".weight_scale"], q[layer + ".weight_scale_2"], torch.float32)
+    cos = float(torch.nn.functional.cosine_similarity(w.flatten(), src[layer + ".weight"].float().flatten(), dim=0))
+    print(f"nvfp4 weight cosine similarity: {cos:.4f}")
+    assert cos >= 0.95
+
+
+def test_anima_preset_and_cli(comfy, tmp_path):
+    import tiny_anima
+    src = tmp_path / "anima.safetensors"
+    safetensors.torch.save_file(tiny_anima.dit_state_dict(blocks=3), str(src))
+    out = tmp_path / "anima_fp8.safetensors"
+    r = subprocess.run([sys.executable, "-m", "modelsmith", "quantize", str(src), str(out), "--format", "fp8"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    q = safetensors.torch.load_file(str(out))
+    quantized = {k[: -len(".comfy_quant")] for k in q if k.endswith(".comfy_quant")}
+    assert quantized and all(k.startswith("net.blocks.") for k in quantized)
+    assert not any(k.startswith(("net.blocks.0.", "net.llm_adapter", "net.final_layer", "net.x_embedder", "net.t_embedder"))
+                   for k in quantized)
+    assert any(k.startswith("net.blocks.2.") for k in quantized)
+    assert inspect_file(out)["precision"] == "fp8-scaled"
+    r = subprocess.run([sys.executable, "-m", "modelsmith", "quantize", str(out), str(tmp_path / "again.safetensors")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "already quantized" in r.stderr
