@@ -89,3 +89,38 @@ def test_anima_preset_and_cli(comfy, tmp_path):
     r = subprocess.run([sys.executable, "-m", "modelsmith", "quantize", str(out), str(tmp_path / "again.safetensors")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "already quantized" in r.stderr
+
+
+def _overflowing_vae():
+    """A tiny SD VAE whose decoder overflows fp16 (activations past 65504) but not bf16/fp32."""
+    import tiny
+    vae = tiny._tiny_vae(3)
+    with torch.no_grad():
+        conv = vae.first_stage_model.decoder.conv_in
+        conv.weight.mul_(3e4)  # activations past fp16 range right after the latent enters
+    return vae
+
+
+def test_vae_decode_retries_on_nan(comfy):
+    import nodes
+    vae = _overflowing_vae()
+    latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1)) * 3}
+    vae.first_stage_model.to(torch.float16)
+    vae.vae_dtype = torch.float16
+    naive = vae.decode(latent["samples"])
+    assert not torch.isfinite(naive).all()  # the fp16 trap is real for this VAE
+    image, report = nodes.NODE_CLASS_MAPPINGS["ModelsmithVAEDecode"]().decode(latent, vae, "fp16")["result"]
+    assert torch.isfinite(image).all() and image.shape == (1, 64, 64, 3)
+    assert report.startswith("decoded in bfloat16 after NaN/inf in float16"), report
+    assert vae.vae_dtype == torch.float16  # the VAE is left as it was
+    image, report = nodes.NODE_CLASS_MAPPINGS["ModelsmithVAEDecode"]().decode(latent, vae, "fp32")["result"]
+    assert report == "decoded in float32"
+
+
+def test_save_quantized_node_over_http(server, mid_sd1_unet, output_dir):
+    g = {"1": {"class_type": "ModelsmithSaveQuantized", "inputs": {
+        "model_file": "diffusion_models/mid_sd1_fp16.safetensors", "format": "nvfp4", "preset": "auto", "exclude": "",
+        "output_name": "mid_sd1_nvfp4_node", "destination": "output/checkpoints", "overwrite": False}}}
+    hist = server.queue_and_wait(g)
+    assert hist["status"]["status_str"] == "success", hist["status"]
+    assert inspect_file(output_dir / "checkpoints" / "mid_sd1_nvfp4_node.safetensors")["precision"] == "nvfp4"
