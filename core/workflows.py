@@ -315,7 +315,12 @@ NOTES = {
                   "in fp32 (no overflow, no clamping). Otherwise as the base workflow: 30 steps, CFG 4, er_sde/simple.",
     "sdxl_t2i": "File: ComfyUI/models/checkpoints/sd_xl_base_1.0.safetensors (any SDXL eps checkpoint).\n"
                 "Recommended: 1024x1024 or another SDXL bucket, ~25 steps, CFG 5-7 (0 = auto 6). The SDXL VAE "
-                "overflows in fp16: decode in bf16/fp32 or use sdxl-vae-fp16-fix.",
+                "overflows in fp16: the Modelsmith VAE Decode retries in bf16/fp32 and reports it.",
+    "quantize_and_save": "File: a diffusion model in ComfyUI/models/diffusion_models (here Anima) or a checkpoint. "
+                         "Writes fp8 (scaled, loads in ComfyUI 0.3.x and later) or nvfp4 (current ComfyUI) in "
+                         "ComfyUI's native format to ComfyUI/output/checkpoints; the family preset keeps sensitive "
+                         "layers (Anima: blocks.0, blocks.1 AdaLN, final layer, llm_adapter, embedders) in high "
+                         "precision. Load the result with the stock Load Diffusion Model node.",
     "sdxl_vpred_ztsnr_t2i": "File: ComfyUI/models/checkpoints/ a v-prediction + ZTSNR SDXL model (e.g. NoobAI-XL "
                             "V-Pred). No yaml needed: v_pred/ztsnr markers are read; the sampler forces v+ztsnr for "
                             "files without them. Recommended: CFG <= 5 (0 = auto 4.5) with CFG rescale 0.7, euler.",
