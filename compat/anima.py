@@ -213,7 +213,7 @@ def dit_config_from_sd(sd: dict, prefix: str = "net.") -> dict:
 def load_anima_model(sd: dict, dtype=None):
     """A ModelPatcher for an Anima diffusion-model state dict (prefix `net.` or none).
 
-    fp16 computes through the fp32-residual path (enable_fp32_residual)."""
+    fp16 compute (fp16 weights or a fp16 compute dtype) goes through the fp32-residual path."""
     prefix = "net." if any(k.startswith("net.") for k in sd) else ""
     config = dit_config_from_sd(sd, prefix)
     model_config = AnimaConfig(config)
@@ -225,8 +225,7 @@ def load_anima_model(sd: dict, dtype=None):
     model_config.set_inference_dtype(dtype, manual_cast)
     model = model_config.get_model(sd, prefix, device="cpu")
     model.load_model_weights(sd, prefix)
-    if dtype == torch.float16 and manual_cast is None:
-        enable_fp32_residual(model.diffusion_model)
+    enable_fp32_residual(model.diffusion_model)  # active only when it computes in fp16
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device,
                                             offload_device=comfy.model_management.unet_offload_device())
 
@@ -340,31 +339,51 @@ def load_text_encoder(te_sd: dict, embedding_directory=None):
 # ----------------------------------------------------------------------------------------------
 # fp16 without overflow: the residual stream in fp32, attention and MLP in fp16
 
-def _cast_inputs(dtype, first_only=False):
-    def hook(module, args):
-        n = 1 if first_only else len(args)
-        return tuple(a.to(dtype) if i < n and torch.is_tensor(a) and a.is_floating_point() else a
-                     for i, a in enumerate(args))
+def _entering_block(dit):
+    def hook(block, args):
+        x = args[0]
+        if block is dit.blocks[0]:
+            dit._ms_fp16_active = x.dtype == torch.float16  # decided once per forward, by the first block
+        if getattr(dit, "_ms_fp16_active", False) and x.dtype != torch.float32:
+            return (x.float(),) + tuple(args[1:])
+        return None
     return hook
 
 
-def _output_to_fp32(module, args, output):
-    return output.float() if torch.is_tensor(output) else output
+def _to_fp16_when_active(dit):
+    def hook(module, args):
+        if not getattr(dit, "_ms_fp16_active", False):
+            return None
+        return tuple(a.to(torch.float16) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+    return hook
 
 
-def enable_fp32_residual(dit: MiniTrainDIT, compute_dtype=torch.float16) -> list:
-    """Keep the Cosmos residual stream in fp32 while attention and MLP compute in `compute_dtype`.
+def _to_fp32_when_active(dit):
+    def hook(module, args, output):
+        if getattr(dit, "_ms_fp16_active", False) and torch.is_tensor(output):
+            return output.float()
+        return None
+    return hook
 
-    The stream enters each block as fp32; self-attention, cross-attention and the MLP get their
+
+def enable_fp32_residual(dit: MiniTrainDIT) -> list:
+    """Keep the Cosmos residual stream in fp32 whenever the model computes in fp16.
+
+    When the stream enters the first block as fp16 (fp16 weights, or ComfyUI computing bf16/fp32
+    weights in fp16), it is widened to fp32; self-attention, cross-attention and the MLP get their
     inputs in fp16 and hand back fp32, so the gated residual sums (which outgrow fp16's 65504 in
-    real models) are done in fp32. The final projection runs in fp16 on the normalised stream.
-    No values are clamped. Hooks live on this model instance only; returns their handles."""
+    real models) are done in fp32, and the final projection runs in fp16 on the normalised stream.
+    In bf16 or fp32 the hooks do nothing. No values are clamped. The hooks live on this model
+    instance only; returns their handles."""
+    if getattr(dit, "modelsmith_fp32_residual", False):
+        return []
     handles = []
+    down, up = _to_fp16_when_active(dit), _to_fp32_when_active(dit)
     for block in dit.blocks:
-        handles.append(block.register_forward_pre_hook(_cast_inputs(torch.float32, first_only=True)))
+        handles.append(block.register_forward_pre_hook(_entering_block(dit)))
         for part in (block.self_attn, block.cross_attn, block.mlp):
-            handles.append(part.register_forward_pre_hook(_cast_inputs(compute_dtype)))
-            handles.append(part.register_forward_hook(_output_to_fp32))
-    handles.append(dit.final_layer.linear.register_forward_pre_hook(_cast_inputs(compute_dtype)))
+            handles.append(part.register_forward_pre_hook(down))
+            handles.append(part.register_forward_hook(up))
+    handles.append(dit.final_layer.linear.register_forward_pre_hook(down))
     dit.modelsmith_fp32_residual = True
     return handles

@@ -196,3 +196,4 @@ def test_turbo_is_8_steps_at_cfg_1(comfy, anima_files):
     other = s.sample(model, steps=30, cfg=4.0, turbo=False, **args)[0]["samples"]
     assert torch.equal(turbo, plain) and not torch.equal(turbo, other)
     assert turbo.shape == (1, 16, 1, 4, 4)
+
