@@ -10,7 +10,6 @@ Sensitive layers stay in high precision by preset (reference.md sections 4 and 5
 from __future__ import annotations
 
 import json
-import os
 import re
 
 from .errors import ModelsmithError
@@ -53,7 +52,7 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
     from ..kernels import fp8 as k_fp8
     from ..kernels import nvfp4 as k_nvfp4
     from .inspect import inspect_file
-    from .stream import AtomicWriter, Reader, prefetched, st_dtype
+    from .stream import AtomicWriter, Reader, prefetched
 
     if fmt not in FORMATS:
         raise ModelsmithError(f"format must be one of {', '.join(FORMATS)}")

@@ -13,7 +13,7 @@ import os
 import shutil
 
 from .errors import ModelsmithError
-from .safetensors_io import DTYPE_BITS, Header, build_header_bytes, read_header
+from .safetensors_io import Header, build_header_bytes, read_header
 
 ST_TO_TORCH_NAME = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
                     "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2", "U8": "uint8", "I8": "int8",
@@ -236,11 +236,6 @@ class AtomicWriter:
                 raise ModelsmithError(f"disk full while writing {self.path}; nothing was written") from None
             raise ModelsmithError(f"cannot write {self.path}: {e.strerror}") from None
         return False
-
-
-def tensor_nbytes(dtype: str, shape) -> int:
-    import math
-    return math.prod(shape) * DTYPE_BITS[dtype] // 8
 
 
 def prefetched(keys, load):

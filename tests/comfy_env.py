@@ -36,6 +36,6 @@ def import_comfy():
     # utils.py) at the front of sys.path
     import utils.extra_config  # noqa: F401
     import utils.install_util  # noqa: F401
-    import utils.json_util  # noqa: F401
+    import utils.json_util  # noqa: F401  (imported for its side effect: ComfyUI's utils package first)
     import folder_paths
     return folder_paths

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_env import ROOT, comfy_path, import_comfy  # noqa: E402
+from comfy_env import comfy_path, import_comfy  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -131,7 +131,6 @@ def test_compat_registers_nothing(comfy):
 
 
 def test_fp16_loader_gets_the_fp32_residual_path(comfy, anima_files):
-    import comfy.model_management
     import nodes
     model, *_ = nodes.NODE_CLASS_MAPPINGS["ModelsmithAnimaLoader"]().load(*FILES, "fp16")
     dit = model.model.diffusion_model

@@ -1,5 +1,4 @@
 """The pack inside the real ComfyUI runtime: import rules, registration, in-process and HTTP runs."""
-import json
 import os
 import subprocess
 import sys

@@ -1,7 +1,5 @@
 """Inspection over a corpus built here: full-size header-only files for every family, tiny real ones."""
 import json
-import os
-import struct
 import subprocess
 import sys
 

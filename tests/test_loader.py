@@ -1,6 +1,5 @@
 """ModelsmithCheckpointLoader inside the real runtime: prediction and ZTSNR applied from the file."""
 import pytest
-import torch
 
 from modelsmith.core.errors import ModelsmithError
 
@@ -18,7 +17,6 @@ def _sampling(model):
 
 
 def test_vpred_ztsnr_file_samples_with_v_and_ztsnr_sigmas(comfy, tiny_files):
-    from comfy.model_sampling import rescale_zero_terminal_snr_sigmas
     model, clip, vae, settings = _load(comfy, "tiny_sdxl_vpred_ztsnr.safetensors")
     ms, is_v = _sampling(model)
     assert is_v

@@ -1,12 +1,10 @@
 """The pickle guard and the safetensors validator against malicious and corrupt files."""
-import io
 import json
 import os
 import pickle
 import struct
 import sys
 import types
-import zipfile
 
 import pytest
 import torch

@@ -1,7 +1,5 @@
 """Model tools: merges against in-memory references, convert/prune, atomic writes and faults."""
 import hashlib
-import json
-import os
 import signal
 import subprocess
 import sys
@@ -165,7 +163,7 @@ def test_ztsnr_with_eps_warns_and_drops_marker(tiny_files, tmp_path):
     out, rep, path = _merge(tmp_path, [tiny_files["sdxl_vpred_ztsnr"], tiny_files["sdxl"]], "weighted_sum")
     assert any("ZTSNR" in w for w in rep["warnings"])
     assert "ztsnr" not in out and "v_pred" in out
-    r = run_merge(Recipe(method="weighted_sum", inputs=[str(tiny_files["sdxl_vpred_ztsnr"]), str(tiny_files["sdxl"])],
+    run_merge(Recipe(method="weighted_sum", inputs=[str(tiny_files["sdxl_vpred_ztsnr"]), str(tiny_files["sdxl"])],
                          keep_ztsnr=True), str(tmp_path / "keep.safetensors"))
     assert "ztsnr" in _load(tmp_path / "keep.safetensors")
 
