@@ -346,6 +346,7 @@ def _entering_block(dit):
         if getattr(dit, "_ms_fp16_active", False) and x.dtype != torch.float32:
             return (x.float(),) + tuple(args[1:])
         return None
+    hook._modelsmith = True
     return hook
 
 
@@ -354,6 +355,7 @@ def _to_fp16_when_active(dit):
         if not getattr(dit, "_ms_fp16_active", False):
             return None
         return tuple(a.to(torch.float16) if torch.is_tensor(a) and a.is_floating_point() else a for a in args)
+    hook._modelsmith = True
     return hook
 
 
@@ -362,10 +364,11 @@ def _to_fp32_when_active(dit):
         if getattr(dit, "_ms_fp16_active", False) and torch.is_tensor(output):
             return output.float()
         return None
+    hook._modelsmith = True
     return hook
 
 
-def enable_fp32_residual(dit: MiniTrainDIT) -> list:
+def enable_fp32_residual(dit: MiniTrainDIT, reinstall: bool = False) -> list:
     """Keep the Cosmos residual stream in fp32 whenever the model computes in fp16.
 
     When the stream enters the first block as fp16 (fp16 weights, or ComfyUI computing bf16/fp32
@@ -373,7 +376,14 @@ def enable_fp32_residual(dit: MiniTrainDIT) -> list:
     inputs in fp16 and hand back fp32, so the gated residual sums (which outgrow fp16's 65504 in
     real models) are done in fp32, and the final projection runs in fp16 on the normalised stream.
     In bf16 or fp32 the hooks do nothing. No values are clamped. The hooks live on this model
-    instance only; returns their handles."""
+    instance only; returns their handles. `reinstall` first drops hooks carried over by a copy of
+    a model (their closures point at the original)."""
+    if reinstall:
+        for m in dit.modules():
+            for hooks in (m._forward_pre_hooks, m._forward_hooks):
+                for k in [k for k, h in hooks.items() if getattr(h, "_modelsmith", False)]:
+                    del hooks[k]
+        dit.modelsmith_fp32_residual = False
     if getattr(dit, "modelsmith_fp32_residual", False):
         return []
     handles = []

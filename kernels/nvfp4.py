@@ -101,27 +101,52 @@ def quantize(x: torch.Tensor, per_tensor: torch.Tensor | None = None, pad_16x: b
         block_scale = blocks.abs().amax(dim=-1).float() / E2M1_MAX
         s8 = (block_scale / per_tensor).clamp(max=E4M3_MAX).to(torch.float8_e4m3fn)
         scale8[r0:r1] = s8
-        total = per_tensor * s8.float()
-        zero = total == 0
-        data = blocks.float() / torch.where(zero, torch.ones_like(total), total).unsqueeze(-1)
-        codes = e2m1_codes(data)  # saturates at 6 like a clamp to [-6, 6] would
-        codes.masked_fill_(zero.unsqueeze(-1), 0)  # blocks whose scale is 0 hold +0
-        codes = codes.view(-1)
-        packed[r0:r1] = (codes[0::2] << 4 | codes[1::2]).view(r1 - r0, cols // 2)
+        packed[r0:r1] = _encode(blocks, s8, per_tensor)
     return packed, to_blocked(scale8), per_tensor.float()
+
+
+def _encode(blocks: torch.Tensor, s8: torch.Tensor, per_tensor: torch.Tensor) -> torch.Tensor:
+    """Packed codes of blocks [rows, cols/16, 16] under given E4M3 block scales [rows, cols/16]."""
+    rows = blocks.shape[0]
+    total = per_tensor * s8.float()
+    zero = total == 0
+    data = blocks.float() / torch.where(zero, torch.ones_like(total), total).unsqueeze(-1)
+    codes = e2m1_codes(data)  # saturates at 6 like a clamp to [-6, 6] would
+    codes.masked_fill_(zero.unsqueeze(-1), 0)  # blocks whose scale is 0 hold +0
+    codes = codes.view(-1)
+    return (codes[0::2] << 4 | codes[1::2]).view(rows, -1)
+
+
+def encode_with_scales(x: torch.Tensor, scale_rows: torch.Tensor, per_tensor: torch.Tensor) -> torch.Tensor:
+    """Packed data of a 2-D `x` under fixed row-major E4M3 block scales [rows, cols/16] and per-tensor
+    scale (values past a block's range saturate). Used to write a patched weight back in place, so a
+    backed-up packed tensor stays valid with the scales it was made with."""
+    rows, cols = x.shape
+    packed = torch.empty((rows, cols // 2), dtype=torch.uint8, device=x.device)
+    step = max(1, (1 << 17) // cols)
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        packed[r0:r1] = _encode(x[r0:r1].reshape(r1 - r0, cols // BLOCK, BLOCK), scale_rows[r0:r1], per_tensor)
+    return packed
+
+
+def dequantize_rows(packed: torch.Tensor, scale_rows: torch.Tensor, per_tensor: torch.Tensor,
+                    dtype=torch.bfloat16) -> torch.Tensor:
+    """dequantize() for row-major block scales [rows, cols/16]."""
+    rows, half = packed.shape
+    cols = half * 2
+    codes = torch.stack([packed >> 4, packed & 0x0F], dim=-1).reshape(rows, cols)
+    lut = _const("lut", E2M1_VALUES + tuple(-v for v in E2M1_VALUES), packed.device, dtype)
+    values = lut[codes.long()].reshape(rows, cols // BLOCK, BLOCK)
+    total = per_tensor.to(device=packed.device, dtype=dtype) * scale_rows.to(dtype)
+    return (values * total.unsqueeze(-1)).reshape(rows, cols).to(dtype)
 
 
 def dequantize(packed: torch.Tensor, scales: torch.Tensor, per_tensor: torch.Tensor, dtype=torch.bfloat16,
                shape=None) -> torch.Tensor:
     """Back to `dtype` ([rows, 2*packed cols], cropped to `shape` when given)."""
     rows, half = packed.shape
-    cols = half * 2
-    codes = torch.stack([packed >> 4, packed & 0x0F], dim=-1).reshape(rows, cols)
-    lut = _const("lut", E2M1_VALUES + tuple(-v for v in E2M1_VALUES), packed.device, dtype)
-    values = lut[codes.long()].reshape(rows, cols // BLOCK, BLOCK)
-    block = from_blocked(scales, rows, cols // BLOCK)
-    total = per_tensor.to(dtype) * block.to(dtype)
-    out = (values * total.unsqueeze(-1)).reshape(rows, cols).to(dtype)
+    out = dequantize_rows(packed, from_blocked(scales, rows, half * 2 // BLOCK), per_tensor, dtype)
     if shape is not None:
         out = out[: shape[0], : shape[1]]
     return out

@@ -1,10 +1,12 @@
-"""Precision nodes: a VAE decode that never returns NaN, and quantized saving of model files."""
+"""Precision nodes: model compute dtype and runtime fp8/nvfp4 weights, a VAE decode that never
+returns NaN, and quantized saving of model files."""
 from __future__ import annotations
 
 import folder_paths
 import torch
 
 from ..core.errors import ModelsmithError
+from ..core.quantize import PRESETS
 from ..core.quantize import run_quantize
 from .model_tools import DESTINATIONS, _progress_bar, output_path
 
@@ -88,6 +90,94 @@ class ModelsmithSaveQuantized:
         return {"ui": {"text": [text]}, "result": (out,)}
 
 
-NODE_CLASS_MAPPINGS = {"ModelsmithVAEDecode": ModelsmithVAEDecode, "ModelsmithSaveQuantized": ModelsmithSaveQuantized}
-NODE_DISPLAY_NAME_MAPPINGS = {"ModelsmithVAEDecode": "VAE Decode, Never NaN (Modelsmith)",
+COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+QUANT_DTYPES = {"fp8_e4m3fn": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2", "nvfp4": "nvfp4"}
+
+
+def _fp16_accumulation_wrapper(apply_model, args):
+    """Run the denoiser with cuBLAS fp16 accumulation on, restoring the global flag afterwards."""
+    flag = torch.backends.cuda.matmul
+    before = getattr(flag, "allow_fp16_accumulation", False)
+    flag.allow_fp16_accumulation = True
+    try:
+        return apply_model(args["input"], args["timestep"], **args["c"])
+    finally:
+        flag.allow_fp16_accumulation = before
+
+
+def fp16_accumulation_support(device) -> str | None:
+    """None when fp16 accumulation can be used on `device`, else why not."""
+    if torch.device(device).type != "cuda":
+        return f"fp16 accumulation needs a CUDA GPU; this model runs on {device}, so it was left off"
+    if not hasattr(torch.backends.cuda.matmul, "allow_fp16_accumulation"):
+        return f"fp16 accumulation needs torch >= 2.7 (this is {torch.__version__}); left off"
+    return None
+
+
+class ModelsmithModelComputeDtype:
+    DESCRIPTION = ("Sets how the denoiser computes. fp32/fp16/bf16 set the compute dtype (fp16 on Anima keeps the "
+                   "residual stream in fp32, so it does not overflow). fp8_e4m3fn/fp8_e5m2/nvfp4 quantize the linear "
+                   "weights of a copy of the model (scaled, per-family preset of sensitive layers kept in high "
+                   "precision, plus `exclude`), computing with native kernels where the GPU has them and "
+                   "dequantize-then-matmul elsewhere; LoRAs still apply. auto leaves ComfyUI's choice.")
+    CATEGORY = "modelsmith/precision"
+    RETURN_TYPES = ("MODEL", "STRING")
+    RETURN_NAMES = ("MODEL", "report")
+    FUNCTION = "apply"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL",),
+            "dtype": (["auto", *COMPUTE_DTYPES, *QUANT_DTYPES], {"default": "auto"}),
+            "preset": (["auto", *sorted(k for k in PRESETS if k != "sd1"), "none"], {
+                "default": "auto", "tooltip": "Layers kept in high precision for fp8/nvfp4 (auto: by model family)."}),
+            "exclude": ("STRING", {"default": "", "tooltip": "More layers to keep in high precision for fp8/nvfp4 "
+                                                             "(comma-separated regular expressions on layer names)."}),
+            "fp16_accumulation": ("BOOLEAN", {"default": False, "tooltip": "cuBLAS fp16 accumulation in matmuls "
+                                                                          "(faster on CUDA, torch >= 2.7)."}),
+        }}
+
+    def apply(self, model, dtype="auto", preset="auto", exclude="", fp16_accumulation=False):
+        from ..compat.quantized import family_of, quantized_patcher
+        lines = []
+        if dtype in QUANT_DTYPES:
+            try:
+                m, st = quantized_patcher(model, QUANT_DTYPES[dtype], preset=preset, exclude=exclude)
+            except ValueError as e:
+                raise ModelsmithError(str(e)) from e
+            lines.append(f"{dtype}: {st['quantized_layers']} linear layers quantized "
+                         f"({st['quantized_params']:,} params, {st['bytes_per_param']:.4f} bytes/param, "
+                         f"{st['source_bytes'] / 2**20:.1f} -> {st['quantized_bytes'] / 2**20:.1f} MiB); "
+                         f"{st['kept_layers']} kept in high precision (preset {st['preset']}"
+                         f"{', exclude' if exclude.strip() else ''}); compute: {st['compute']}")
+        else:
+            m = model.clone()
+            if dtype in COMPUTE_DTYPES:
+                m.set_model_compute_dtype(COMPUTE_DTYPES[dtype])
+                note = ""
+                if dtype == "fp16" and family_of(model) == "anima":
+                    dit = model.model.diffusion_model
+                    note = (" (Anima: residual stream kept in fp32 by Modelsmith)"
+                            if getattr(dit, "modelsmith_fp32_residual", False) else " (Anima: ComfyUI's own fp16 handling)")
+                lines.append(f"compute dtype {dtype}{note}")
+            else:
+                current = getattr(model.model, "manual_cast_dtype", None) or model.model.get_dtype()
+                lines.append(f"auto: ComfyUI's choice kept ({str(current).replace('torch.', '')})")
+        if fp16_accumulation:
+            why_not = fp16_accumulation_support(model.load_device)
+            if why_not:
+                lines.append(why_not)
+            else:
+                m.set_model_unet_function_wrapper(_fp16_accumulation_wrapper)
+                lines.append("fp16 accumulation on while the denoiser runs")
+        report = "; ".join(lines)
+        return {"ui": {"text": [report]}, "result": (m, report)}
+
+
+NODE_CLASS_MAPPINGS = {"ModelsmithModelComputeDtype": ModelsmithModelComputeDtype,
+                       "ModelsmithVAEDecode": ModelsmithVAEDecode, "ModelsmithSaveQuantized": ModelsmithSaveQuantized}
+NODE_DISPLAY_NAME_MAPPINGS = {"ModelsmithModelComputeDtype": "Model Compute Dtype fp32/fp16/bf16/fp8/nvfp4 (Modelsmith)",
+                              "ModelsmithVAEDecode": "VAE Decode, Never NaN (Modelsmith)",
                               "ModelsmithSaveQuantized": "Save Quantized fp8 / nvfp4 (Modelsmith)"}

@@ -1,0 +1,153 @@
+"""Runtime quantization of a loaded ComfyUI model (MODEL = ModelPatcher) to scaled fp8 or NVFP4.
+
+The loader's model is left untouched (ComfyUI caches it; a later run may ask for another dtype):
+the model object is copied with every parameter and buffer *sharing* storage with the original
+(fresh Parameter objects, so moving the copy between devices does not move the original), then the
+eligible linear layers of the copy's denoiser are replaced by `kernels.qlinear.QuantLinear`. Only
+the quantized layers take new memory; they are what a GPU load moves.
+
+Layers kept in high precision: the family preset of core.quantize.PRESETS plus the user's
+`exclude` patterns, layers whose in_features do not divide into 16-blocks (nvfp4), and anything
+that is not a 2-D linear weight (convolutions, norms, embeddings).
+
+If the source model currently holds patched weights (a LoRA applied by an earlier load), the copy
+takes the originals from the patcher's backup, and attributes from its object-patch backup, so
+patches are not applied twice.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ..core.quantize import PRESETS, excluded
+from ..kernels.qlinear import FORMATS, QuantLinear, compute_path
+
+_MODEL_STATE = ("model_loaded_weight_memory", "lowvram_patch_counter", "model_lowvram",
+                "current_weight_patches_uuid", "model_offload_buffer_memory")
+_MODULE_STATE = ("comfy_patched_weights", "prev_comfy_cast_weights")
+
+
+def preset_for(family: str | None) -> str | None:
+    if family in ("anima", "cosmos-predict2"):
+        return "anima"
+    if family in ("sdxl", "sd1", "sd2", "sdxl-refiner"):
+        return "sdxl"
+    return None
+
+
+def family_of(patcher) -> str | None:
+    """Best guess of the family from the loaded model's classes."""
+    model = patcher.model
+    name = type(model).__name__.lower()
+    dit = getattr(model, "diffusion_model", None)
+    if "anima" in name or getattr(dit, "modelsmith_fp32_residual", False) or hasattr(dit, "llm_adapter"):
+        return "anima"
+    if "sdxl" in name:
+        return "sdxl"
+    if name in ("basemodel", "sd21unclip", "sd15_instructpix2pix") or type(dit).__name__ == "UNetModel":
+        return "sd1"
+    return None
+
+
+def _copy_sharing_storage(patcher):
+    model = patcher.model
+    originals = {k: b.weight for k, b in getattr(patcher, "backup", {}).items()}
+    memo = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) not in memo:
+            src = originals.get(name, p.data)
+            memo[id(p)] = torch.nn.Parameter(src, requires_grad=p.requires_grad)
+    for _, b in model.named_buffers(remove_duplicate=False):
+        memo[id(b)] = b
+    new = copy.deepcopy(model, memo)
+    for attr, value in getattr(patcher, "object_patches_backup", {}).items():
+        try:
+            _set_attr(new, attr, value)
+        except AttributeError:
+            pass
+    for attr in _MODEL_STATE:
+        if attr in new.__dict__:
+            delattr(new, attr)
+    for m in new.modules():
+        for attr in _MODULE_STATE:
+            if attr in m.__dict__:
+                delattr(m, attr)
+        if hasattr(m, "weight_function"):
+            m.weight_function = []
+        if hasattr(m, "bias_function"):
+            m.bias_function = []
+    return new
+
+
+def _set_attr(obj, dotted, value):
+    *parents, last = dotted.split(".")
+    for p in parents:
+        obj = getattr(obj, p)
+    setattr(obj, last, value)
+
+
+def quantize_denoiser(dit: torch.nn.Module, fmt: str, patterns) -> dict:
+    """Replace eligible linear layers of `dit` in place; returns counts and bytes."""
+    stats = {"quantized_layers": 0, "kept_layers": 0, "quantized_params": 0, "quantized_bytes": 0,
+             "source_bytes": 0, "kept": []}
+    targets = []
+    for name, m in dit.named_modules():
+        if isinstance(m, torch.nn.Linear) and not isinstance(m, QuantLinear):
+            w = m.weight
+            if w is None or w.ndim != 2 or not w.is_floating_point() or w.dtype.itemsize < 2:
+                continue
+            if excluded(name, patterns) or (fmt == "nvfp4" and w.shape[1] % 16):
+                stats["kept_layers"] += 1
+                stats["kept"].append(name)
+                continue
+            targets.append((name, m))
+    for name, m in targets:
+        q = QuantLinear.from_linear(m, fmt)
+        parent_name, _, child = name.rpartition(".")
+        parent = dit.get_submodule(parent_name) if parent_name else dit
+        setattr(parent, child, q)
+        stats["quantized_layers"] += 1
+        stats["quantized_params"] += m.weight.numel()
+        stats["source_bytes"] += m.weight.numel() * m.weight.element_size()
+        stats["quantized_bytes"] += q.quantized_bytes()
+    stats["bytes_per_param"] = stats["quantized_bytes"] / max(1, stats["quantized_params"])
+    return stats
+
+
+def quantized_patcher(patcher, fmt: str, preset: str = "auto", exclude: str = ""):
+    """A clone of `patcher` over a copy of its model whose denoiser linears are quantized."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+    dit = getattr(patcher.model, "diffusion_model", None)
+    if dit is None:
+        raise ValueError("this MODEL has no diffusion_model to quantize")
+    if any(isinstance(m, QuantLinear) for m in dit.modules()):
+        raise ValueError("this MODEL is already quantized by Modelsmith; connect the loader's MODEL instead")
+    family = family_of(patcher)
+    if preset == "auto":
+        preset = preset_for(family)
+    patterns = list(PRESETS.get(preset, [])) if preset not in (None, "none") else []
+    patterns += [p.strip() for p in exclude.split(",") if p.strip()]
+    new_model = _copy_sharing_storage(patcher)
+    stats = quantize_denoiser(new_model.diffusion_model, fmt, patterns)
+    if getattr(new_model.diffusion_model, "modelsmith_fp32_residual", False):
+        from .anima import enable_fp32_residual
+        enable_fp32_residual(new_model.diffusion_model, reinstall=True)
+    n = patcher.clone()
+    n.model = new_model
+    n.size = 0
+    n.backup = {}
+    n.object_patches_backup = {}
+    n.pinned = set()
+    n.parent = None
+    n.patches_uuid = patcher.patches_uuid
+    for attr, default in (("model_loaded_weight_memory", 0), ("lowvram_patch_counter", 0), ("model_lowvram", False),
+                          ("current_weight_patches_uuid", None), ("model_offload_buffer_memory", 0)):
+        if not hasattr(new_model, attr):
+            setattr(new_model, attr, default)
+    if getattr(new_model, "device", None) is None:
+        new_model.device = patcher.offload_device
+    stats.update(family=family, preset=preset or "none", format=fmt,
+                 compute=compute_path(fmt, patcher.load_device))
+    return n, stats

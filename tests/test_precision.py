@@ -1,0 +1,194 @@
+"""ModelsmithModelComputeDtype: compute dtypes, runtime fp8/nvfp4 weights on tiny SDXL and Anima
+denoisers, LoRA on quantized weights (full and low-VRAM loading), and the node in real graphs."""
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def models(comfy):
+    import precision_models as pm
+    sdxl, anima = pm.sdxl_bf16(), pm.anima_bf16(blocks=4)
+    return {"sdxl": (sdxl, pm.denoise(sdxl, "sdxl")), "anima": (anima, pm.denoise(anima, "anima"))}
+
+
+def _quant_layers(patcher):
+    from modelsmith.kernels.qlinear import QuantLinear
+    return {n: m for n, m in patcher.model.diffusion_model.named_modules() if isinstance(m, QuantLinear)}
+
+
+LIMITS = {"fp8_e4m3fn": (1.02, 0.99), "fp8_e5m2": (1.02, 0.98), "nvfp4": (0.57, 0.95)}
+
+
+@pytest.mark.parametrize("family", ["sdxl", "anima"])
+@pytest.mark.parametrize("dtype", list(LIMITS))
+def test_quantized_denoiser_bytes_and_cosine(models, family, dtype):
+    import precision_models as pm
+    from modelsmith.nodes.precision import ModelsmithModelComputeDtype
+    base, ref = models[family]
+    before = {k: v.clone() for k, v in base.model.diffusion_model.state_dict().items()}
+    m, report = ModelsmithModelComputeDtype().apply(base, dtype)["result"]
+    layers = _quant_layers(m)
+    assert layers, report
+    # bytes per parameter from the tensors actually held, not from the node's own count
+    held = sum(t.untyped_storage().nbytes() for q in layers.values()
+               for t in (q.weight, q.weight_scale, q.weight_scale_2) if t is not None)
+    params = sum(q.in_features * q.out_features for q in layers.values())
+    bpp = held / params
+    out = pm.denoise(m, family)
+    cos = pm.cosine(ref, out)
+    print(f"\n{family} {dtype}: {len(layers)} layers quantized, {bpp:.4f} bytes/param, cosine to bf16 {cos:.5f}")
+    max_bpp, min_cos = LIMITS[dtype]
+    assert bpp <= max_bpp
+    assert torch.isfinite(out).all() and cos >= min_cos
+    assert f"{len(layers)} linear layers quantized" in report
+    # the loader's model is untouched: same classes, same bytes
+    assert not _quant_layers(base)
+    after = base.model.diffusion_model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_presets_keep_sensitive_layers(models):
+    from modelsmith.nodes.precision import ModelsmithModelComputeDtype
+    node = ModelsmithModelComputeDtype()
+    sdxl, _ = models["sdxl"]
+    m, _ = node.apply(sdxl, "fp8_e4m3fn")["result"]
+    names = set(_quant_layers(m))
+    assert not any(n.startswith(("time_embed.", "label_emb.")) for n in names)
+    assert any(".attn1.to_q" in n for n in names)
+    m2, report = node.apply(sdxl, "fp8_e4m3fn", exclude=r"attn1\.to_q")["result"]
+    assert not any(".attn1.to_q" in n for n in _quant_layers(m2)) and "exclude" in report
+    anima, _ = models["anima"]
+    m3, report = node.apply(anima, "nvfp4")["result"]
+    names = set(_quant_layers(m3))
+    assert names and not any(n.startswith(("blocks.0.", "final_layer.", "llm_adapter.", "t_embedder.", "x_embedder."))
+                             for n in names), names
+    assert not any(n.startswith("blocks.1.adaln_modulation") for n in names)
+    assert any(n.startswith("blocks.1.self_attn") for n in names) and "preset anima" in report
+    m4, _ = node.apply(anima, "nvfp4", preset="none")["result"]
+    assert any(n.startswith("blocks.0.") for n in _quant_layers(m4))
+
+
+def test_quantizing_twice_is_refused(models):
+    from modelsmith.core.errors import ModelsmithError
+    from modelsmith.nodes.precision import ModelsmithModelComputeDtype
+    m, _ = ModelsmithModelComputeDtype().apply(models["sdxl"][0], "fp8_e4m3fn")["result"]
+    with pytest.raises(ModelsmithError, match="already quantized"):
+        ModelsmithModelComputeDtype().apply(m, "nvfp4")
+
+
+@pytest.mark.parametrize("dtype", ["fp8_e4m3fn", "nvfp4"])
+def test_lora_applies_to_quantized_weights(models, dtype):
+    """A LoRA loaded through ComfyUI patches a quantized layer: full load merges it into the stored
+    weight (requantized with the layer's scales), low-VRAM load applies it per call, both give the
+    same output, and unpatching restores the stored bytes exactly."""
+    import comfy.model_management
+    import comfy.sd
+    from modelsmith.kernels import fp8 as k_fp8
+    from modelsmith.kernels import nvfp4 as k_nvfp4
+    from modelsmith.nodes.precision import ModelsmithModelComputeDtype
+    base, _ = models["sdxl"]
+    q, _ = ModelsmithModelComputeDtype().apply(base, dtype)["result"]
+    name, layer = next((n, m) for n, m in _quant_layers(q).items() if ".attn2.to_q" in n)
+    g = torch.Generator().manual_seed(3)
+    down = torch.randn(4, layer.in_features, generator=g) * 0.1
+    up = torch.randn(layer.out_features, 4, generator=g) * 0.1
+    lora = {f"diffusion_model.{name}.lora_down.weight": down, f"diffusion_model.{name}.lora_up.weight": up}
+    patched, _ = comfy.sd.load_lora_for_models(q, None, lora, 1.0, 0)
+    raw0, w0 = layer.weight.detach().clone(), layer.dequantize()
+    delta = up @ down
+    if dtype == "nvfp4":
+        expect = k_nvfp4.dequantize_rows(k_nvfp4.encode_with_scales(w0 + delta, layer.weight_scale, layer.weight_scale_2),
+                                         layer.weight_scale, layer.weight_scale_2, torch.float32)
+    else:
+        expect = k_fp8.dequantize(k_fp8.quantize(w0 + delta, scale=layer.weight_scale)[0], layer.weight_scale, torch.float32)
+    x = torch.randn(2, 5, layer.in_features, generator=g)
+
+    comfy.model_management.unload_all_models()
+    patched.patch_model(device_to=torch.device("cpu"))  # full load: merged into the stored weight
+    merged = layer.dequantize()
+    assert torch.equal(merged, expect)
+    # the LoRA really is in there, up to quantization noise: the change points along the delta
+    import precision_models as pm
+    moved = pm.cosine(merged - w0, delta)
+    print(f"\n{dtype} LoRA: cosine(weight change, LoRA delta) = {moved:.3f}")
+    assert moved > {"fp8_e4m3fn": 0.9, "nvfp4": 0.5}[dtype]
+    y_full = layer(x)
+    patched.unpatch_model(device_to=torch.device("cpu"))
+    assert torch.equal(layer.weight, raw0)  # unpatched: the stored bytes come back exactly
+
+    patched.patch_model(device_to=torch.device("cpu"), lowvram_model_memory=1)  # low VRAM: patched per call
+    assert layer.weight_function and torch.equal(layer.weight, raw0)
+    y_low = layer(x)
+    patched.unpatch_model(device_to=torch.device("cpu"))
+    assert torch.equal(y_full, y_low)
+    assert not layer.weight_function and torch.equal(layer.weight, raw0)
+
+
+def test_fp16_accumulation_says_why_not_on_cpu(models):
+    from modelsmith.nodes.precision import ModelsmithModelComputeDtype
+    m, report = ModelsmithModelComputeDtype().apply(models["sdxl"][0], "bf16", fp16_accumulation=True)["result"]
+    assert "compute dtype bf16" in report
+    assert "needs a CUDA GPU" in report
+    assert "model_function_wrapper" not in m.model_options
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+def test_compute_dtypes_on_anima(models, dtype):
+    """fp16 on Anima goes through the fp32 residual stream: finite and close to the bf16 output."""
+    import precision_models as pm
+    from modelsmith.nodes.precision import ModelsmithModelComputeDtype
+    base, ref = models["anima"]
+    m, report = ModelsmithModelComputeDtype().apply(base, dtype)["result"]
+    assert m.model_options is not base.model_options and m.model is base.model
+    out = pm.denoise(m, "anima")
+    assert torch.isfinite(out).all()
+    print(f"\nanima compute {dtype}: cosine to the loaded model {pm.cosine(ref, out):.6f}")
+    assert pm.cosine(ref, out) > 0.999
+    if dtype == "fp16":
+        assert "residual stream kept in fp32" in report
+
+
+def _sdxl_graph(ckpt, dtype, steps=2):
+    import graphs
+    g = graphs.txt2img(ckpt, steps=steps)
+    g["8"] = {"class_type": "ModelsmithModelComputeDtype", "inputs": {
+        "model": ["1", 0], "dtype": dtype, "preset": "auto", "exclude": "", "fp16_accumulation": False}}
+    g["5"]["inputs"]["model"] = ["8", 0]
+    return g
+
+
+@pytest.mark.parametrize("dtype", ["fp8_e4m3fn", "nvfp4", "fp16"])
+def test_node_in_a_graph_samples_sdxl(run_graph, tiny_files, output_dir, dtype):
+    import numpy as np
+    from PIL import Image
+    executor, server = run_graph(_sdxl_graph("tiny_sdxl.safetensors", dtype))
+    report = executor.history_result["outputs"]["8"]["text"][0]
+    assert (dtype in report) or ("compute dtype" in report)
+    img = executor.history_result["outputs"]["7"]["images"][0]
+    arr = np.asarray(Image.open(output_dir / img["subfolder"] / img["filename"]))
+    assert arr.shape == (64, 64, 3) and arr.std() > 0
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "fp8_e4m3fn", "nvfp4"])
+def test_node_in_a_graph_samples_anima(run_graph, comfy, models_dir, output_dir, dtype):
+    import numpy as np
+    import tiny_anima
+    from PIL import Image
+    if not (models_dir / "diffusion_models" / "anima-tiny.safetensors").exists():
+        tiny_anima.save(models_dir)
+    g = {
+        "1": {"class_type": "ModelsmithAnimaLoader", "inputs": {
+            "diffusion_model": "anima-tiny.safetensors", "text_encoder": "qwen_3_06b_base.safetensors",
+            "vae": "qwen_image_vae.safetensors", "dtype": "auto"}},
+        "4": {"class_type": "ModelsmithModelComputeDtype", "inputs": {
+            "model": ["1", 0], "dtype": dtype, "preset": "auto", "exclude": "", "fp16_accumulation": False}},
+        "2": {"class_type": "ModelsmithAnimaSampler", "inputs": {
+            "model": ["4", 0], "clip": ["1", 1], "vae": ["1", 2], "positive_text": "masterpiece, 1girl, smile",
+            "negative_text": "worst quality", "size": "custom", "width": 64, "height": 64, "steps": 2,
+            "cfg": 4.0, "sampler_name": "er_sde", "scheduler": "simple", "seed": 5, "turbo": False}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 1], "filename_prefix": f"anima_{dtype}"}},
+    }
+    executor, _ = run_graph(g)
+    img = executor.history_result["outputs"]["3"]["images"][0]
+    arr = np.asarray(Image.open(output_dir / img["subfolder"] / img["filename"]))
+    assert arr.shape == (64, 64, 3) and arr.std() > 0
