@@ -1,5 +1,6 @@
 """Convert and prune checkpoints for distribution, streaming tensor by tensor.
 
+- bitsandbytes NF4 layers are dequantized (kernels.nf4) to the requested dtype.
 - `.ckpt/.pt/.pth` inputs are read through the pickle guard; safetensors are streamed.
 - dtype: floating tensors cast to fp16 / bf16 / fp32 (markers and integers untouched).
 - EMA: keep, drop (remove `model_ema.*`), or only (copy EMA values into `model.diffusion_model.*`,
@@ -93,11 +94,33 @@ def plan(table: dict, *, dtype=None, ema="keep", vae="keep", vae_table=None) -> 
     return out
 
 
+def _dequantized_table(src):
+    """The source's tensor table with bitsandbytes NF4 layers shown as the float weights they decode
+    to (their bookkeeping tensors dropped); and the set of those weight keys."""
+    from ..kernels import nf4 as k_nf4
+    nf4 = set(k_nf4.nf4_weights(src.table))
+    if not nf4:
+        return src.table, nf4
+    aux = k_nf4.aux_keys(nf4)
+    table = {k: v for k, v in src.table.items() if k not in aux}
+    for wk in nf4:
+        try:
+            state = k_nf4.read_state(src.get(wk + k_nf4.STATE_SUFFIX))
+        except ValueError as e:
+            raise ModelsmithError(f"{wk}: {e}") from e
+        table[wk] = (NF4_OUT.get(state.get("dtype"), "BF16"), tuple(int(x) for x in state["shape"]))
+    return table, nf4
+
+
+NF4_OUT = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
 def run_convert(src_path, output, *, dtype="fp16", ema="keep", vae="keep", overwrite=False, progress=None,
                 title=None) -> dict:
     """Convert `src_path` into a safetensors file at `output`. vae: 'keep', 'strip' or a VAE file path."""
     from .inspect import inspect_file, inspect_tensors
     from .modelspec import modelspec_for
+    from ..kernels import nf4 as k_nf4
     from .stream import AtomicWriter, torch_dtype
 
     if dtype is not None and dtype not in DTYPES:
@@ -118,14 +141,20 @@ def run_convert(src_path, output, *, dtype="fp16", ema="keep", vae="keep", overw
             vae_table = {k[len(VAE):] if k.startswith(VAE) else k: v for k, v in vae_src.table.items()
                          if k.startswith(VAE) or not k.startswith(("model.", "cond_stage_model.", "conditioner."))}
             vae_keys = {k[len(VAE):] if k.startswith(VAE) else k: k for k in vae_src.table}
-        p = plan(src.table, dtype=dtype, ema=ema, vae=vae_mode, vae_table=vae_table)
+        table, nf4 = _dequantized_table(src)
+        p = plan(table, dtype=dtype, ema=ema, vae=vae_mode, vae_table=vae_table)
         out_report = inspect_tensors({k: (v[2], v[3]) for k, v in p.items()}, {})
         meta = modelspec_for({**report, "layout": out_report["layout"]},
                              title=title or os.path.splitext(os.path.basename(output))[0])
         with AtomicWriter(output, {k: (v[2], v[3]) for k, v in p.items()}, meta, overwrite=overwrite,
                           hash_key="modelspec.hash_sha256") as w:
             for i, (k, (where, sk, dt, shape)) in enumerate(p.items()):
-                t = src.get(sk) if where == "model" else vae_src.get(vae_keys[sk])
+                if where == "vae":
+                    t = vae_src.get(vae_keys[sk])
+                elif sk in nf4:
+                    t = k_nf4.dequantize_layer(src.get, sk)
+                else:
+                    t = src.get(sk)
                 w.add(k, t.to(torch_dtype(dt)))
                 if progress:
                     progress(i + 1, len(p))
