@@ -1,8 +1,18 @@
-"""CPU quantize time of a 4096x4096 bf16 weight: Modelsmith's reference kernels vs comfy-kitchen's
-eager backend, interleaved for 9 rounds; prints medians, the speed ratio and whether the outputs
-are bit-identical. Targets: bit-identical, nvfp4 >= 2x faster, fp8 not slower."""
+"""Part 1: CPU quantize time of a 4096x4096 bf16 weight: Modelsmith's reference kernels vs
+comfy-kitchen's eager backend, interleaved for 9 rounds; prints medians, the speed ratio and whether
+the outputs are bit-identical. Targets: bit-identical, nvfp4 >= 2x faster, fp8 not slower.
+
+Part 2: runtime fp8 / nvfp4 weights (ModelsmithModelComputeDtype) on a tiny SDXL-shaped UNet and a
+tiny Anima DiT, side by side with the bf16-weight model they come from: denoiser memory (unique
+tensor storage, all layers, as a GPU load would move it), bytes per parameter of the quantized
+layers, the output's cosine similarity to the bf16-weight model, and CPU seconds per denoiser call
+(interleaved, 7 rounds, medians; on the CPU ComfyUI computes bf16 weights in fp32). Targets: <= 1.02
+(fp8) and <= 0.57 (nvfp4) bytes/param for quantized layers. With a CUDA GPU it also prints fp8 vs
+bf16 linear throughput (the layer's native path vs a bf16 nn.Linear)."""
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import comfy_kitchen.backends.eager.quantization as ck
@@ -39,5 +49,79 @@ def main(rounds=9):
               f"speed-up {mt / mo:4.2f}x   bit-identical {same}")
 
 
+def model_bytes(patcher):
+    seen, total = set(), 0
+    for t in patcher.model.diffusion_model.state_dict().values():
+        st = t.untyped_storage()
+        if st.data_ptr() not in seen:
+            seen.add(st.data_ptr())
+            total += st.nbytes()
+    return total
+
+
+def gpu_linear_throughput():
+    if not torch.cuda.is_available():
+        print("fp8 vs bf16 linear throughput: no CUDA GPU here (needs a lent GPU machine)")
+        return
+    from modelsmith.kernels import fp8
+    from modelsmith.kernels.qlinear import QuantLinear, compute_path
+    dev = torch.device("cuda")
+    for m, k, n in ((4096, 4096, 4096), (8192, 3072, 12288)):
+        lin = torch.nn.Linear(k, n, bias=False, device=dev, dtype=torch.bfloat16)
+        q = QuantLinear.from_linear(lin, "float8_e4m3fn").to(dev)
+        x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+        res = {}
+        for name, fn in (("bf16", lambda: lin(x)), ("fp8", lambda: q(x))):
+            for _ in range(5):
+                fn()
+            torch.cuda.synchronize()
+            t = time.perf_counter()
+            for _ in range(50):
+                fn()
+            torch.cuda.synchronize()
+            res[name] = (time.perf_counter() - t) / 50
+        tflops = {k2: 2 * m * k * n / v / 1e12 for k2, v in res.items()}
+        print(f"GPU {torch.cuda.get_device_name()} {m}x{k}x{n}: bf16 {tflops['bf16']:.0f} TFLOP/s, fp8 "
+              f"{tflops['fp8']:.0f} TFLOP/s ({compute_path('float8_e4m3fn', dev)}), ratio {res['bf16'] / res['fp8']:.2f}x")
+    del fp8
+
+
+def tiny_models(rounds=7):
+    import asyncio
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from comfy_env import import_comfy
+    import_comfy()
+
+    import nodes
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
+    import precision_models as pm
+    from modelsmith.nodes.precision import ModelsmithModelComputeDtype
+    node = ModelsmithModelComputeDtype()
+    for family, base in (("sdxl", pm.sdxl_bf16()), ("anima", pm.anima_bf16(blocks=8))):
+        models = {"bf16": base}
+        stats = {}
+        for dt in ("fp8_e4m3fn", "nvfp4"):
+            m, report = node.apply(base, dt)["result"]
+            models[dt] = m
+            stats[dt] = report
+        ref = pm.denoise(base, family)
+        times = {k: [] for k in models}
+        outs = {}
+        for _ in range(rounds):
+            for name, m in models.items():
+                t = time.perf_counter()
+                outs[name] = pm.denoise(m, family)
+                times[name].append(time.perf_counter() - t)
+        b0 = model_bytes(base)
+        print(f"== tiny {family}: bf16 denoiser {b0 / 2**20:.2f} MiB, {statistics.median(times['bf16']) * 1000:.1f} ms/call")
+        for dt in ("fp8_e4m3fn", "nvfp4"):
+            b = model_bytes(models[dt])
+            print(f"  {dt:10} {b / 2**20:6.2f} MiB ({b / b0:.3f}x of bf16)  cosine {pm.cosine(ref, outs[dt]):.5f}  "
+                  f"{statistics.median(times[dt]) * 1000:.1f} ms/call ({statistics.median(times[dt]) / statistics.median(times['bf16']):.2f}x bf16)")
+            print(f"             {stats[dt]}")
+    gpu_linear_throughput()
+
+
 if __name__ == "__main__":
     main()
+    tiny_models()

@@ -209,12 +209,19 @@ def dit_config_from_sd(sd: dict, prefix: str = "net.") -> dict:
     }
 
 
-def load_anima_model(sd: dict, dtype=None):
+def load_anima_model(sd: dict, dtype=None, metadata: dict | None = None):
     """A ModelPatcher for an Anima diffusion-model state dict (prefix `net.` or none).
 
-    fp16 compute (fp16 weights or a fp16 compute dtype) goes through the fp32-residual path."""
+    fp16 compute (fp16 weights or a fp16 compute dtype) goes through the fp32-residual path.
+    Files in ComfyUI's quantized format (fp8 / nvfp4 layers with `comfy_quant`, or the
+    `_quantization_metadata` header) load their quantized layers as QuantLinear modules."""
+    from .quantized import attach_quantized, logical_shape, split_quantized
     prefix = "net." if any(k.startswith("net.") for k in sd) else ""
-    config = dit_config_from_sd(sd, prefix)
+    sd, quantized = split_quantized(sd, metadata)
+    shapes = dict(sd)
+    for layer, fmt in quantized.items():  # the config reads shapes: give it the logical ones
+        shapes[layer + ".weight"] = torch.empty(logical_shape(sd, layer, fmt), device="meta")
+    config = dit_config_from_sd(shapes, prefix)
     model_config = AnimaConfig(config)
     load_device = comfy.model_management.get_torch_device()
     params = sum(v.numel() for v in sd.values())
@@ -223,6 +230,8 @@ def load_anima_model(sd: dict, dtype=None):
     manual_cast = comfy.model_management.unet_manual_cast(dtype, load_device, model_config.supported_inference_dtypes)
     model_config.set_inference_dtype(dtype, manual_cast)
     model = model_config.get_model(sd, prefix, device="cpu")
+    if quantized:
+        attach_quantized(model.diffusion_model, sd, quantized, prefix)
     model.load_model_weights(sd, prefix)
     enable_fp32_residual(model.diffusion_model)  # active only when it computes in fp16
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device,

@@ -151,3 +151,86 @@ def quantized_patcher(patcher, fmt: str, preset: str = "auto", exclude: str = ""
     stats.update(family=family, preset=preset or "none", format=fmt,
                  compute=compute_path(fmt, patcher.load_device))
     return n, stats
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantized files (ComfyUI's native format) loaded into QuantLinear layers
+
+FILE_FORMATS = {"float8_e4m3fn": "float8_e4m3fn", "float8_e5m2": "float8_e5m2", "nvfp4": "nvfp4"}
+_AUX = (".comfy_quant", ".weight_scale", ".weight_scale_2", ".input_scale")
+
+
+def split_quantized(sd: dict, metadata: dict | None = None) -> tuple[dict, dict]:
+    """(state dict in QuantLinear's form, {layer: format}) of a file's tensors.
+
+    Layers are found by their `comfy_quant` tensor or, for files that only carry it, the
+    `_quantization_metadata` header. In the returned dict a quantized layer has `weight` (stored
+    form), `weight_scale` (fp32 scalar, or row-major E4M3 block scales for nvfp4) and
+    `weight_scale_2`; `comfy_quant` and `input_scale` are gone. Unknown formats are refused."""
+    import json
+
+    from ..core.errors import ModelsmithError
+    from ..kernels import nvfp4 as k_nvfp4
+    layers = {}
+    if metadata and metadata.get("_quantization_metadata"):
+        try:
+            for layer, conf in json.loads(metadata["_quantization_metadata"]).get("layers", {}).items():
+                layers[layer] = conf.get("format")
+        except (ValueError, AttributeError) as e:
+            raise ModelsmithError(f"unreadable _quantization_metadata: {e}") from e
+    for k in sd:
+        if k.endswith(".comfy_quant"):
+            try:
+                layers[k[: -len(".comfy_quant")]] = json.loads(bytes(sd[k].to(torch.uint8).tolist()).decode()).get("format")
+            except (ValueError, UnicodeDecodeError, AttributeError) as e:
+                raise ModelsmithError(f"{k}: unreadable comfy_quant: {e}") from e
+    # metadata names layers without the file's prefix; match them to the keys present
+    resolved = {}
+    for layer, fmt in layers.items():
+        full = layer if layer + ".weight" in sd else next((k[: -len(".weight")] for k in sd
+                                                           if k.endswith("." + layer + ".weight")), None)
+        if full is None:
+            continue
+        if fmt not in FILE_FORMATS:
+            raise ModelsmithError(f"{full}: quantized format {fmt!r} is not supported here "
+                                  f"(supported: {', '.join(FILE_FORMATS)})")
+        resolved[full] = FILE_FORMATS[fmt]
+    out = {k: v for k, v in sd.items() if not (k.endswith(_AUX) and k.rsplit(".", 1)[0] in resolved)}
+    for layer, fmt in resolved.items():
+        w, s = sd[layer + ".weight"], sd.get(layer + ".weight_scale")
+        if s is None:
+            raise ModelsmithError(f"{layer}: quantized weight without weight_scale")
+        if fmt == "nvfp4":
+            n, k2 = w.shape
+            if layer + ".weight_scale_2" not in sd:
+                raise ModelsmithError(f"{layer}: nvfp4 weight without weight_scale_2")
+            out[layer + ".weight_scale"] = k_nvfp4.from_blocked(s, n, k2 * 2 // k_nvfp4.BLOCK).clone(
+                memory_format=torch.contiguous_format)
+            out[layer + ".weight_scale_2"] = sd[layer + ".weight_scale_2"].float().reshape(())
+        else:
+            out[layer + ".weight"] = w.to(getattr(torch, fmt)) if w.dtype != getattr(torch, fmt) else w
+            out[layer + ".weight_scale"] = s.float().reshape(())
+    return out, resolved
+
+
+def logical_shape(sd: dict, layer: str, fmt: str):
+    w = sd[layer + ".weight"]
+    return (w.shape[0], w.shape[1] * 2) if fmt == "nvfp4" else tuple(w.shape)
+
+
+def attach_quantized(dit: torch.nn.Module, sd: dict, layers: dict, prefix: str = "") -> None:
+    """Put QuantLinear modules holding the file's tensors where `layers` (keys with `prefix`) are."""
+    from ..core.errors import ModelsmithError
+    for full, fmt in layers.items():
+        name = full[len(prefix):] if prefix and full.startswith(prefix) else full
+        try:
+            old = dit.get_submodule(name)
+        except AttributeError:
+            raise ModelsmithError(f"quantized layer {full} does not exist in this model") from None
+        n, k = logical_shape(sd, full, fmt)
+        if not isinstance(old, torch.nn.Linear) or tuple(old.weight.shape) != (n, k):
+            raise ModelsmithError(f"quantized layer {full} ({n}x{k}) does not fit the model's {type(old).__name__}")
+        q = QuantLinear(fmt, sd[full + ".weight"], sd[full + ".weight_scale"], sd.get(full + ".weight_scale_2"),
+                        sd.get(full + ".bias"), k, n)
+        parent_name, _, child = name.rpartition(".")
+        setattr(dit.get_submodule(parent_name) if parent_name else dit, child, q)

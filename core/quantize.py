@@ -25,6 +25,11 @@ PRESETS["sd1"] = PRESETS["sdxl"]
 FORMATS = {"fp8": "float8_e4m3fn", "nvfp4": "nvfp4"}
 
 
+# 2-D weights that are lookup tables, not linear layers (ComfyUI quantizes only linear layers)
+NOT_LINEAR = re.compile(r"(^|\.)(embed|embedding|embeddings|embed_tokens|token_embedding|wte|pos_embed|"
+                        r"position_embedding|shared)\.weight$")
+
+
 def excluded(layer: str, patterns) -> bool:
     return any(re.search(p, layer) for p in patterns)
 
@@ -35,7 +40,7 @@ def plan(table: dict, fmt: str, patterns, prefix: str = "") -> dict:
     for name, (dtype, shape) in table.items():
         if not name.startswith(prefix) or not name.endswith(".weight") or len(shape) != 2:
             continue
-        if dtype not in ("F32", "F16", "BF16"):
+        if dtype not in ("F32", "F16", "BF16") or NOT_LINEAR.search(name):
             continue
         layer = name[: -len(".weight")]
         if excluded(layer[len(prefix):], patterns):

@@ -313,6 +313,11 @@ NOTES = {
                        "(8-12 steps, CFG 1 per the model card).",
     "anima_fp16": _ANIMA_FILES + "fp16 for GPUs without fast bf16: the loader's dtype fp16 keeps the residual stream "
                   "in fp32 (no overflow, no clamping). Otherwise as the base workflow: 30 steps, CFG 4, er_sde/simple.",
+    "anima_fp8_nvfp4": _ANIMA_FILES + "Smaller and, on fp8 GPUs (RTX 40xx / SM 8.9+), faster: Model Compute Dtype "
+                       "quantizes the loaded model's linear weights to fp8_e4m3fn (1 byte/param) or nvfp4 (~0.56 "
+                       "byte/param; native on RTX 50xx / SM 10+, dequantized elsewhere). The anima preset keeps "
+                       "blocks.0, block 1's AdaLN, the final layer, llm_adapter and the embedders in high precision; "
+                       "LoRAs still apply. Otherwise as the base workflow: 30 steps, CFG 4, er_sde/simple.",
     "sdxl_t2i": "File: ComfyUI/models/checkpoints/sd_xl_base_1.0.safetensors (any SDXL eps checkpoint).\n"
                 "Recommended: 1024x1024 or another SDXL bucket, ~25 steps, CFG 5-7 (0 = auto 6). The SDXL VAE "
                 "overflows in fp16: the Modelsmith VAE Decode retries in bf16/fp32 and reports it.",

@@ -89,8 +89,8 @@ class ModelsmithAnimaLoader:
             clip = comfy.sd.load_clip([te_path], embedding_directory=emb, clip_type=clip_type)
             backend = "native"
         else:
-            sd = comfy.utils.load_torch_file(dm_path, safe_load=True)
-            model = compat.load_anima_model(sd, DTYPES[dtype])
+            sd, metadata = comfy.utils.load_torch_file(dm_path, safe_load=True, return_metadata=True)
+            model = compat.load_anima_model(sd, DTYPES[dtype], metadata=metadata)
             clip = compat.load_text_encoder(te_sd, embedding_directory=emb)
             backend = "modelsmith compat"
         vae_obj = comfy.sd.VAE(sd=vae_sd)

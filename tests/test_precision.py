@@ -192,3 +192,69 @@ def test_node_in_a_graph_samples_anima(run_graph, comfy, models_dir, output_dir,
     img = executor.history_result["outputs"]["3"]["images"][0]
     arr = np.asarray(Image.open(output_dir / img["subfolder"] / img["filename"]))
     assert arr.shape == (64, 64, 3) and arr.std() > 0
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "nvfp4"])
+def test_quantized_anima_file_loads_through_the_compat_loader(comfy, tmp_path, fmt):
+    """A file written by the quantizer (ComfyUI's native format) loads into QuantLinear layers and
+    computes what runtime quantization of the same weights computes."""
+    import comfy.utils
+    import precision_models as pm
+    import safetensors.torch
+    import tiny_anima
+    from modelsmith.compat.anima import load_anima_model
+    from modelsmith.core.quantize import run_quantize
+    from modelsmith.nodes.precision import ModelsmithModelComputeDtype
+    sd = tiny_anima.dit_state_dict(blocks=4)
+    src, out = tmp_path / "anima.safetensors", tmp_path / f"anima_{fmt}.safetensors"
+    safetensors.torch.save_file({k: v.bfloat16() for k, v in sd.items()}, str(src))
+    run_quantize(str(src), str(out), fmt=fmt, preset="anima")
+    qsd, meta = comfy.utils.load_torch_file(str(out), safe_load=True, return_metadata=True)
+    from_file = load_anima_model(qsd, torch.bfloat16, metadata=meta)
+    base = load_anima_model(safetensors.torch.load_file(str(src)), torch.bfloat16)
+    runtime, _ = ModelsmithModelComputeDtype().apply(base, {"fp8": "fp8_e4m3fn", "nvfp4": "nvfp4"}[fmt])["result"]
+    a, b = _quant_layers(from_file), _quant_layers(runtime)
+    assert set(a) == set(b) and a
+    for name in a:
+        assert torch.equal(a[name].weight.view(torch.uint8), b[name].weight.view(torch.uint8)), name
+        assert torch.equal(a[name].weight_scale.float(), b[name].weight_scale.float()), name
+    y_file, y_rt = pm.denoise(from_file, "anima"), pm.denoise(runtime, "anima")
+    assert torch.isfinite(y_file).all() and torch.allclose(y_file, y_rt, atol=1e-5)
+    print(f"\nanima {fmt} file vs bf16: cosine {pm.cosine(pm.denoise(base, 'anima'), y_file):.5f}")
+
+
+def test_quantized_file_with_an_unknown_format_is_refused(comfy):
+    import json
+    from modelsmith.compat.quantized import split_quantized
+    from modelsmith.core.errors import ModelsmithError
+    conf = torch.tensor(list(json.dumps({"format": "int4_awq"}).encode()), dtype=torch.uint8)
+    sd = {"net.blocks.1.mlp.layer1.weight": torch.zeros(8, 8, dtype=torch.uint8),
+          "net.blocks.1.mlp.layer1.weight_scale": torch.ones(()), "net.blocks.1.mlp.layer1.comfy_quant": conf}
+    with pytest.raises(ModelsmithError, match="int4_awq"):
+        split_quantized(sd)
+
+
+def test_anima_loader_node_samples_from_an_nvfp4_file(run_graph, comfy, models_dir, output_dir):
+    import numpy as np
+    import tiny_anima
+    from PIL import Image
+    from modelsmith.core.quantize import run_quantize
+    if not (models_dir / "diffusion_models" / "anima-tiny.safetensors").exists():
+        tiny_anima.save(models_dir)
+    dst = models_dir / "diffusion_models" / "anima-tiny-nvfp4.safetensors"
+    if not dst.exists():
+        run_quantize(str(models_dir / "diffusion_models" / "anima-tiny.safetensors"), str(dst), fmt="nvfp4", preset="none")
+    g = {
+        "1": {"class_type": "ModelsmithAnimaLoader", "inputs": {
+            "diffusion_model": dst.name, "text_encoder": "qwen_3_06b_base.safetensors",
+            "vae": "qwen_image_vae.safetensors", "dtype": "auto"}},
+        "2": {"class_type": "ModelsmithAnimaSampler", "inputs": {
+            "model": ["1", 0], "clip": ["1", 1], "vae": ["1", 2], "positive_text": "masterpiece, 1girl",
+            "negative_text": "worst quality", "size": "custom", "width": 64, "height": 64, "steps": 2,
+            "cfg": 4.0, "sampler_name": "er_sde", "scheduler": "simple", "seed": 5, "turbo": False}},
+        "3": {"class_type": "SaveImage", "inputs": {"images": ["2", 1], "filename_prefix": "anima_nvfp4_file"}},
+    }
+    executor, _ = run_graph(g)
+    img = executor.history_result["outputs"]["3"]["images"][0]
+    arr = np.asarray(Image.open(output_dir / img["subfolder"] / img["filename"]))
+    assert arr.shape == (64, 64, 3) and arr.std() > 0
