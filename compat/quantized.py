@@ -17,6 +17,7 @@ patches are not applied twice.
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 
@@ -115,6 +116,33 @@ def quantize_denoiser(dit: torch.nn.Module, fmt: str, patterns) -> dict:
     return stats
 
 
+def _clone_onto(patcher, new_model):
+    """A clone of `patcher` (patches, options, wrappers, hooks) over `new_model`, with empty backups.
+
+    Newer ComfyUI clones onto another model through `clone(model_override=...)` (and can make the
+    clone a classic, non-dynamic patcher, which is what custom modules need); 0.3.x has neither,
+    so there the clone's model and backup containers are replaced after cloning."""
+    params = inspect.signature(patcher.clone).parameters
+    if "model_override" in params and hasattr(patcher, "get_clone_model_override"):
+        _, state = patcher.get_clone_model_override()
+        empty = tuple(type(x)() for x in state)
+        kwargs = {"model_override": (new_model, empty)}
+        if "disable_dynamic" in params:
+            kwargs["disable_dynamic"] = True
+        n = patcher.clone(**kwargs)
+    else:
+        n = patcher.clone()
+        n.model = new_model
+        n.backup = {}
+        n.object_patches_backup = {}
+        n.pinned = set()
+        if hasattr(n, "backup_buffers"):
+            n.backup_buffers = {}
+    n.size = 0  # recomputed from the quantized model
+    n.parent = None
+    return n
+
+
 def quantized_patcher(patcher, fmt: str, preset: str = "auto", exclude: str = ""):
     """A clone of `patcher` over a copy of its model whose denoiser linears are quantized."""
     if fmt not in FORMATS:
@@ -134,14 +162,7 @@ def quantized_patcher(patcher, fmt: str, preset: str = "auto", exclude: str = ""
     if getattr(new_model.diffusion_model, "modelsmith_fp32_residual", False):
         from .anima import enable_fp32_residual
         enable_fp32_residual(new_model.diffusion_model, reinstall=True)
-    n = patcher.clone()
-    n.model = new_model
-    n.size = 0
-    n.backup = {}
-    n.object_patches_backup = {}
-    n.pinned = set()
-    n.parent = None
-    n.patches_uuid = patcher.patches_uuid
+    n = _clone_onto(patcher, new_model)
     for attr, default in (("model_loaded_weight_memory", 0), ("lowvram_patch_counter", 0), ("model_lowvram", False),
                           ("current_weight_patches_uuid", None), ("model_offload_buffer_memory", 0)):
         if not hasattr(new_model, attr):

@@ -14,8 +14,8 @@ Compute, chosen per call from the input's device:
 LoRA and other weight patches: ModelPatcher looks up `convert_weight` / `set_weight` on the module
 owning a patched key. `convert_weight` turns the stored (or fp32-cast) weight into fp32 values;
 `set_weight` quantizes the patched result back with the layer's existing scales, so a backed-up
-`weight` restores the unpatched layer exactly. In low-VRAM mode ComfyUI appends weight functions
-that go through the same pair; `forward` applies them to the stored weight.
+`weight` restores the unpatched layer exactly. In low-VRAM mode ComfyUI appends weight functions;
+`forward` applies their patches to the dequantized weight and requantizes the same way.
 
 This module does not import ComfyUI.
 """
@@ -143,8 +143,8 @@ class QuantLinear(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dev = x.device
         w = self.weight if self.weight.device == dev else self.weight.to(dev, non_blocking=True)
-        for f in self.weight_function:
-            w = self._raw(f(w))
+        if self.weight_function:
+            w = self._patched(w)
         bias = self.bias
         if bias is not None:
             bias = bias.to(device=dev, dtype=x.dtype)
@@ -159,6 +159,26 @@ class QuantLinear(torch.nn.Module):
                     _warned.add(key)
                     logging.warning("Modelsmith: %s kernel failed (%s); using dequantize+matmul", self.fmt, e)
         return F.linear(x, self.dequantize(w, x.dtype), bias)
+
+    def _patched(self, w: torch.Tensor) -> torch.Tensor:
+        """Apply low-VRAM weight functions to the stored weight: dequantize to fp32, add each patch,
+        requantize with the layer's scales (the same result a full load's merge gives).
+
+        ComfyUI's LowVramPatch objects carry `patches` and `key`; their own __call__ differs between
+        versions (0.3.x converts through convert_weight/set_weight, later ones expect an already
+        dequantized weight), so the patches are applied here through comfy.lora directly. Other
+        weight functions get the dequantized weight, as ComfyUI's own layers give it to them."""
+        wd = self.dequantize(w, torch.float32)
+        for f in self.weight_function:
+            patches, key = getattr(f, "patches", None), getattr(f, "key", None)
+            if patches is not None and key is not None:
+                import comfy.lora
+                prepared = getattr(f, "prepared_patches", None)
+                wd = comfy.lora.calculate_weight(prepared if prepared is not None else patches[key], wd, key,
+                                                 intermediate_dtype=torch.float32)
+            else:
+                wd = f(wd).float()
+        return self.set_weight(wd, return_weight=True)
 
     def _forward_cuda(self, x, w, bias):
         scale = self.weight_scale.to(x.device)
