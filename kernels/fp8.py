@@ -26,9 +26,12 @@ def quantize(x: torch.Tensor, scale: torch.Tensor | None = None, dtype=torch.flo
     inv = (1.0 / scale).to(x.dtype)
     flat = x.reshape(-1)
     q = torch.empty(flat.shape, dtype=dtype, device=x.device)
-    step = 1 << 18  # chunks that stay in cache: the three passes then cost about one
+    step = 1 << 20  # chunks that stay in cache: the three passes then cost about one
+    buf = torch.empty(min(step, flat.numel()), dtype=x.dtype, device=x.device)  # one scratch buffer, reused
     for i in range(0, flat.numel(), step):
-        q[i:i + step] = (flat[i:i + step] * inv).clamp_(-lim, lim)
+        chunk = flat[i:i + step]
+        t = torch.mul(chunk, inv, out=buf[: chunk.numel()])
+        q[i:i + step] = t.clamp_(-lim, lim)
     return q.view(x.shape), scale.float()
 
 

@@ -3,8 +3,8 @@ consecutive elements of a row stored in cuBLAS's blocked (swizzled) layout, and 
 tensor (amax / (448 * 6), as ComfyUI writes it). value = e2m1 * e4m3 * fp32.
 
 The torch reference here is bit-identical to comfy-kitchen's eager backend (its format is what
-ComfyUI reads); E2M1 rounding is round-to-nearest-even done with a threshold search, which is
-cheaper than bit manipulation on the CPU."""
+ComfyUI reads); E2M1 rounding is round-to-nearest-even by exact power-of-two scaling per binade
+(e2m1_codes), checked against the plain midpoint search (e2m1_codes_search)."""
 from __future__ import annotations
 
 import torch
@@ -40,23 +40,29 @@ def e2m1_codes_search(x: torch.Tensor) -> torch.Tensor:
     return code.to(torch.uint8) | (torch.signbit(x).to(torch.uint8) << 3)
 
 
-_ONE, _QUARTER, _THREE_QUARTERS = 0x3F800000, 0x3E800000, 0x3F400000  # float32 bit patterns
+_SIX = 0x40C00000  # float32 bits of 6.0
 
 
 def e2m1_codes(x: torch.Tensor) -> torch.Tensor:
-    """4-bit E2M1 codes (uint8, sign in bit 3) of float32 values, saturating at 6.
+    """4-bit E2M1 codes (uint8, sign in bit 3) of float32 values, round half to even, saturating at 6.
 
-    Works on the float32 bit patterns (integer ops only). For |x| >= 1 the E2M1 code is the float32
-    exponent and top mantissa bit after rounding the mantissa to one bit, half to even (add
-    0x1FFFFF plus the kept bit, shift by 22). Below 1 the only codes are 0, 1 (0.5) and 2 (1.0):
-    |x| > 0.25 and |x| >= 0.75, the ties going to the even codes 0 and 2."""
+    The E2M1 grid has step 0.5 below 2, 1 in [2, 4) and 2 in [4, 6]; so with k = the binade
+    clamped to 0..2 (from the float32 exponent bits), code = round_half_even(|x| / 2^(k-1)) + 2k.
+    Dividing by a power of two is exact, so the rounding is the one rounding of the true value.
+    Magnitudes are clamped to 6 on the integer bit patterns first, which also sends inf and NaN to
+    6 (code 7), as the bit-pattern definition does."""
     bits = x.contiguous().view(torch.int32)
     a = bits & 0x7FFFFFFF
-    rounded = (a + (0x1FFFFF + ((a >> 22) & 1))) >> 22
-    big = (rounded - ((_ONE >> 22) - 2)).clamp_(max=7)
-    small = (a > _QUARTER).to(torch.int32) + (a >= _THREE_QUARTERS).to(torch.int32)
-    code = torch.where(a >= _ONE, big, small).to(torch.uint8)
-    return code | ((bits < 0).to(torch.uint8) << 3)
+    a.clamp_(max=_SIX)
+    k = a >> 23
+    k.sub_(127).clamp_(0, 2)
+    step = (k + 126) << 23  # 2^(k-1) as float32 bits
+    q = a.view(torch.float32) / step.view(torch.float32)
+    q.round_()
+    code = q.to(torch.int32)
+    code += k << 1
+    code |= (bits >> 28) & 8  # the sign bit, moved to bit 3
+    return code.to(torch.uint8)
 
 
 def to_blocked(scales: torch.Tensor) -> torch.Tensor:
@@ -112,7 +118,8 @@ def _encode(blocks: torch.Tensor, s8: torch.Tensor, per_tensor: torch.Tensor) ->
     zero = total == 0
     data = blocks.float() / torch.where(zero, torch.ones_like(total), total).unsqueeze(-1)
     codes = e2m1_codes(data)  # saturates at 6 like a clamp to [-6, 6] would
-    codes.masked_fill_(zero.unsqueeze(-1), 0)  # blocks whose scale is 0 hold +0
+    if zero.any():
+        codes.masked_fill_(zero.unsqueeze(-1), 0)  # blocks whose scale is 0 hold +0
     codes = codes.view(-1)
     return (codes[0::2] << 4 | codes[1::2]).view(rows, -1)
 
