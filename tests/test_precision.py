@@ -258,3 +258,27 @@ def test_anima_loader_node_samples_from_an_nvfp4_file(run_graph, comfy, models_d
     img = executor.history_result["outputs"]["3"]["images"][0]
     arr = np.asarray(Image.open(output_dir / img["subfolder"] / img["filename"]))
     assert arr.shape == (64, 64, 3) and arr.std() > 0
+
+
+def test_fp16_node_on_an_anima_whose_residual_outgrows_fp16(comfy):
+    """Model Compute Dtype fp16 on an Anima whose residual stream passes 65504: finite, close to fp32."""
+    import precision_models as pm
+    import tiny_anima
+    from modelsmith.compat.anima import load_anima_model
+    from modelsmith.nodes.precision import ModelsmithModelComputeDtype
+    sd = {k: (v * 10000.0 if k.startswith("net.blocks.") and k.endswith("mlp.layer2.weight") else v)
+          for k, v in tiny_anima.dit_state_dict(seed=4, blocks=4).items()}
+    base = load_anima_model(sd, torch.float32)
+    peak = []
+    hooks = [b.register_forward_hook(lambda mod, a, o: peak.append(float(o.abs().max())))
+             for b in base.model.diffusion_model.blocks]
+    ref = pm.denoise(base, "anima")
+    for h in hooks:
+        h.remove()
+    assert max(peak) > 65504  # the residual stream really outgrows fp16
+    m16, report = ModelsmithModelComputeDtype().apply(base, "fp16")["result"]
+    out = pm.denoise(m16, "anima")
+    rel = float((out - ref).norm() / ref.norm())
+    print(f"\nanima fp16 (residual peak {max(peak):.3g}): relative error to fp32 {rel:.2e}")
+    assert torch.isfinite(out).all() and rel < 1e-2
+    assert "residual stream kept in fp32" in report
