@@ -21,7 +21,8 @@ import inspect
 
 import torch
 
-from ..core.quantize import PRESETS, excluded
+from ..core.errors import ModelsmithError
+from ..core.quantize import PRESETS, excluded, parse_exclude
 from ..kernels.qlinear import FORMATS, QuantLinear, compute_path
 
 _MODEL_STATE = ("model_loaded_weight_memory", "lowvram_patch_counter", "model_lowvram",
@@ -61,7 +62,10 @@ def _copy_sharing_storage(patcher):
             memo[id(p)] = torch.nn.Parameter(src, requires_grad=p.requires_grad)
     for _, b in model.named_buffers(remove_duplicate=False):
         memo[id(b)] = b
-    new = copy.deepcopy(model, memo)
+    try:
+        new = copy.deepcopy(model, memo)
+    except Exception as e:  # an object in this model that cannot be copied: say which, change nothing
+        raise ModelsmithError(f"could not copy {type(model).__name__} to quantize it: {type(e).__name__}: {e}") from e
     for attr, value in getattr(patcher, "object_patches_backup", {}).items():
         try:
             _set_attr(new, attr, value)
@@ -156,7 +160,7 @@ def quantized_patcher(patcher, fmt: str, preset: str = "auto", exclude: str = ""
     if preset == "auto":
         preset = preset_for(family)
     patterns = list(PRESETS.get(preset, [])) if preset not in (None, "none") else []
-    patterns += [p.strip() for p in exclude.split(",") if p.strip()]
+    patterns += parse_exclude(exclude)
     new_model = _copy_sharing_storage(patcher)
     stats = quantize_denoiser(new_model.diffusion_model, fmt, patterns)
     if getattr(new_model.diffusion_model, "modelsmith_fp32_residual", False):

@@ -30,6 +30,17 @@ NOT_LINEAR = re.compile(r"(^|\.)(embed|embedding|embeddings|embed_tokens|token_e
                         r"position_embedding|shared)\.weight$")
 
 
+def parse_exclude(text: str) -> list[str]:
+    """Comma-separated regular expressions, each checked (a bad one is named, not raised later)."""
+    patterns = [p.strip() for p in (text or "").split(",") if p.strip()]
+    for p in patterns:
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise ModelsmithError(f"exclude: {p!r} is not a valid regular expression ({e})") from None
+    return patterns
+
+
 def excluded(layer: str, patterns) -> bool:
     return any(re.search(p, layer) for p in patterns)
 
@@ -69,7 +80,7 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
     family = report["family"]
     if preset == "auto":
         preset = "anima" if family in ("anima", "cosmos-predict2") else "sdxl" if family in ("sdxl", "sd1", "sd2") else None
-    patterns = list(PRESETS.get(preset, [])) + [p.strip() for p in exclude.split(",") if p.strip()]
+    patterns = list(PRESETS.get(preset, [])) + parse_exclude(exclude)
     from .families import find_denoiser
     with Reader(src) as r:
         table = {k: (t.dtype, t.shape) for k, t in r.header.tensors.items()}

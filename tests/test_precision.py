@@ -282,3 +282,10 @@ def test_fp16_node_on_an_anima_whose_residual_outgrows_fp16(comfy):
     print(f"\nanima fp16 (residual peak {max(peak):.3g}): relative error to fp32 {rel:.2e}")
     assert torch.isfinite(out).all() and rel < 1e-2
     assert "residual stream kept in fp32" in report
+
+
+def test_bad_exclude_pattern_is_named(models):
+    from modelsmith.core.errors import ModelsmithError
+    from modelsmith.nodes.precision import ModelsmithModelComputeDtype
+    with pytest.raises(ModelsmithError, match=r"exclude: '\(attn' is not a valid regular expression"):
+        ModelsmithModelComputeDtype().apply(models["sdxl"][0], "fp8_e4m3fn", exclude="norm, (attn")
