@@ -52,7 +52,8 @@ def native_nvfp4(device) -> bool:
         return False
     try:
         import comfy_kitchen as ck
-        return any(b == "cuda" for b in ck.list_backends()) if hasattr(ck, "list_backends") else False
+        info = ck.list_backends().get("cuda") if hasattr(ck, "list_backends") else None
+        return bool(info and info.get("available") and "scaled_mm_nvfp4" in info.get("capabilities", ()))
     except Exception:
         return False
 
@@ -189,6 +190,9 @@ class QuantLinear(torch.nn.Module):
             xq = (x2 / xs.to(x2.dtype)).clamp(-448, 448).to(torch.float8_e4m3fn)
             out_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.bfloat16
             y = torch._scaled_mm(xq, w.t(), scale_a=xs, scale_b=scale.float().reshape(()), out_dtype=out_dtype)
+            if isinstance(y, tuple):  # torch < 2.5 also returned the output's amax
+                y = y[0]
+            y = y.to(x.dtype)
             y = y.reshape(*x.shape[:-1], N)
             return y + bias if bias is not None else y
         if self.fmt == "nvfp4" and native_nvfp4(x.device):
