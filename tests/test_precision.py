@@ -289,3 +289,59 @@ def test_bad_exclude_pattern_is_named(models):
     from modelsmith.nodes.precision import ModelsmithModelComputeDtype
     with pytest.raises(ModelsmithError, match=r"exclude: '\(attn' is not a valid regular expression"):
         ModelsmithModelComputeDtype().apply(models["sdxl"][0], "fp8_e4m3fn", exclude="norm, (attn")
+
+
+def _lora_file(comfy, models_dir, base_patcher):
+    """A kohya-style LoRA for every attn2.to_q of the tiny SDXL UNet, in models/loras."""
+    import safetensors.torch
+    path = models_dir / "loras" / "tiny_sdxl_lora.safetensors"
+    if not path.exists():
+        g = torch.Generator().manual_seed(11)
+        sd = {}
+        for name, m in base_patcher.model.diffusion_model.named_modules():
+            if name.endswith("attn2.to_q"):
+                key = "lora_unet_" + name.replace(".", "_")
+                sd[key + ".lora_down.weight"] = torch.randn(4, m.in_features, generator=g) * 0.3
+                sd[key + ".lora_up.weight"] = torch.randn(m.out_features, 4, generator=g) * 0.3
+                sd[key + ".alpha"] = torch.tensor(4.0)
+        safetensors.torch.save_file(sd, str(path))
+    return path.name
+
+
+@pytest.mark.parametrize("order", ["lora_then_fp8", "fp8_then_lora"])
+def test_lora_node_with_quantized_model_in_a_graph(run_graph, tiny_files, models_dir, output_dir, models, order):
+    """Core LoraLoaderModelOnly and Model Compute Dtype, in either order (the tiny UNet has widths only
+    the Modelsmith loader builds, so it loads the checkpoint):
+    the LoRA changes the image, strength 0 gives the same image as no LoRA."""
+    import graphs
+    import numpy as np
+    from PIL import Image
+    lora = _lora_file(None, models_dir, models["sdxl"][0])
+
+    def image(strength):
+        g = graphs.txt2img("tiny_sdxl.safetensors", steps=2)
+        g["7"]["inputs"]["filename_prefix"] = f"lora_{order}_{strength}"
+        q = {"class_type": "ModelsmithModelComputeDtype", "inputs": {
+            "model": None, "dtype": "fp8_e4m3fn", "preset": "auto", "exclude": "", "fp16_accumulation": False}}
+        lo = {"class_type": "LoraLoaderModelOnly", "inputs": {"model": None, "lora_name": lora, "strength_model": strength}}
+        if order == "lora_then_fp8":
+            lo["inputs"]["model"], q["inputs"]["model"], last = ["1", 0], ["9", 0], "8"
+        else:
+            q["inputs"]["model"], lo["inputs"]["model"], last = ["1", 0], ["8", 0], "9"
+        g["8"], g["9"] = q, lo
+        g["5"]["inputs"]["model"] = [last, 0]
+        executor, _ = run_graph(g)
+        img = executor.history_result["outputs"]["7"]["images"][0]
+        return np.asarray(Image.open(output_dir / img["subfolder"] / img["filename"])).astype(np.int16)
+
+    off, on = image(0.0), image(1.0)
+    g = graphs.txt2img("tiny_sdxl.safetensors", steps=2)
+    g["8"] = {"class_type": "ModelsmithModelComputeDtype", "inputs": {
+        "model": ["1", 0], "dtype": "fp8_e4m3fn", "preset": "auto", "exclude": "", "fp16_accumulation": False}}
+    g["5"]["inputs"]["model"] = ["8", 0]
+    g["7"]["inputs"]["filename_prefix"] = f"nolora_{order}"
+    executor, _ = run_graph(g)
+    img = executor.history_result["outputs"]["7"]["images"][0]
+    plain = np.asarray(Image.open(output_dir / img["subfolder"] / img["filename"])).astype(np.int16)
+    assert np.abs(on - off).mean() > 1.0      # the LoRA reaches the quantized layers
+    assert np.array_equal(off, plain)         # and strength 0 is no LoRA at all
