@@ -32,45 +32,15 @@ def available(device: torch.device | str | None = None) -> bool:
     return dev is not None and dev.type == "cuda" and torch.cuda.is_available()
 
 
+# the kernels' FMT (compared as literals inside them: compiled Triton reads no plain globals)
+FP8_E4M3, FP8_E5M2, NVFP4 = 0, 1, 2
+
 if triton is not None:
     @triton.jit
-    def _fp8_mm_kernel(x_ptr, w_ptr, b_ptr, y_ptr, scale_ptr, M, N, K,
-                       HAS_BIAS: tl.constexpr, E5M2: tl.constexpr,
-                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-        pm = tl.program_id(0)
-        pn = tl.program_id(1)
-        rm = pm * BM + tl.arange(0, BM)
-        rn = pn * BN + tl.arange(0, BN)
-        rk = tl.arange(0, BK)
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            kk = k0 + rk
-            a = tl.load(x_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
-            wb = tl.load(w_ptr + rn[None, :] * K + kk[:, None], mask=(rn[None, :] < N) & (kk[:, None] < K), other=0)
-            if E5M2:
-                w = wb.to(tl.float8e5, bitcast=True).to(tl.float32)
-            else:
-                w = wb.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-            acc += tl.dot(a.to(tl.float32), w, input_precision="ieee")
-        acc = acc * tl.load(scale_ptr)
-        if HAS_BIAS:
-            acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
-        tl.store(y_ptr + rm[:, None] * N + rn[None, :], acc.to(y_ptr.dtype.element_ty),
-                 mask=(rm[:, None] < M) & (rn[None, :] < N))
-
-    @triton.jit
-    def _nvfp4_mm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, gscale_ptr, M, N, K,
-                         HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-        pm = tl.program_id(0)
-        pn = tl.program_id(1)
-        rm = pm * BM + tl.arange(0, BM)
-        rn = pn * BN + tl.arange(0, BN)
-        rk = tl.arange(0, BK)
-        acc = tl.zeros((BM, BN), dtype=tl.float32)
-        for k0 in range(0, K, BK):
-            kk = k0 + rk
-            wmask = (rn[None, :] < N) & (kk[:, None] < K)
-            a = tl.load(x_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+    def _weight_tile(w_ptr, s_ptr, rn, kk, N, K, FMT: tl.constexpr):
+        """The [BK, BN] tile of W^T at rows rn, columns kk, decoded to fp32 (per-tensor scale not applied)."""
+        wmask = (rn[None, :] < N) & (kk[:, None] < K)
+        if FMT == 2:  # NVFP4
             byte = tl.load(w_ptr + rn[None, :] * (K // 2) + kk[:, None] // 2, mask=wmask, other=0)
             shift = ((1 - kk[:, None] % 2) * 4).to(tl.uint8)  # even element in the high nibble
             code = (byte >> shift) & 0xF
@@ -79,8 +49,25 @@ if triton is not None:
             mag = tl.where(e == 0, m * 0.5, (1.0 + m * 0.5) * tl.exp2((e - 1).to(tl.float32)))
             val = tl.where((code & 8) != 0, -mag, mag)
             sb = tl.load(s_ptr + rn[None, :] * (K // 16) + kk[:, None] // 16, mask=wmask, other=0)
-            val = val * sb.to(tl.float8e4nv, bitcast=True).to(tl.float32)
-            acc += tl.dot(a.to(tl.float32), val, input_precision="ieee")
+            return val * sb.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+        wb = tl.load(w_ptr + rn[None, :] * K + kk[:, None], mask=wmask, other=0)
+        if FMT == 1:  # FP8_E5M2
+            return wb.to(tl.float8e5, bitcast=True).to(tl.float32)
+        return wb.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+
+    @triton.jit
+    def _dequant_mm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, gscale_ptr, M, N, K, HAS_BIAS: tl.constexpr,
+                           FMT: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+        pm = tl.program_id(0)
+        pn = tl.program_id(1)
+        rm = pm * BM + tl.arange(0, BM)
+        rn = pn * BN + tl.arange(0, BN)
+        rk = tl.arange(0, BK)
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, K, BK):
+            kk = k0 + rk
+            a = tl.load(x_ptr + rm[:, None] * K + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+            acc += tl.dot(a.to(tl.float32), _weight_tile(w_ptr, s_ptr, rn, kk, N, K, FMT), input_precision="ieee")
         acc = acc * tl.load(gscale_ptr)
         if HAS_BIAS:
             acc += tl.load(b_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
@@ -88,45 +75,34 @@ if triton is not None:
                  mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
-def _blocks(M, N):
-    bm = 16 if M <= 16 else 32 if M <= 32 else 64
-    return bm, 64, 32
+def _launch(fmt, x, w, block_scales, gscale, bias, N):
+    if triton is None:
+        raise RuntimeError("triton is not installed")
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1]).contiguous()
+    M, K = x2.shape
+    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    BM = 16 if M <= 16 else 32 if M <= 32 else 64
+    BN, BK = 64, 32
+    grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))
+    _dequant_mm_kernel[grid](x2, w, block_scales if block_scales is not None else w, bias if bias is not None else x2,
+                             y, gscale.reshape(1).float().to(x.device), M, N, K,
+                             HAS_BIAS=bias is not None, FMT=fmt, BM=BM, BN=BN, BK=BK)
+    return y.reshape(*shape[:-1], N)
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
     """x [..., K] @ (weight fp8 [N, K] * scale)^T + bias, output in x's dtype."""
-    if triton is None:
-        raise RuntimeError("triton is not installed")
     if weight.dtype not in (torch.float8_e4m3fn, torch.float8_e5m2):
         raise ValueError(f"fp8_linear takes a float8 weight, not {weight.dtype}")
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1]).contiguous()
-    M, K = x2.shape
-    N = weight.shape[0]
-    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    BM, BN, BK = _blocks(M, N)
-    grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))
-    _fp8_mm_kernel[grid](x2, weight.contiguous().view(torch.uint8), bias if bias is not None else x2, y,
-                         scale.reshape(1).float().to(x.device), M, N, K,
-                         HAS_BIAS=bias is not None, E5M2=weight.dtype == torch.float8_e5m2, BM=BM, BN=BN, BK=BK)
-    return y.reshape(*shape[:-1], N)
+    fmt = FP8_E5M2 if weight.dtype == torch.float8_e5m2 else FP8_E4M3
+    return _launch(fmt, x, weight.contiguous().view(torch.uint8), None, scale, bias, weight.shape[0])
 
 
 def nvfp4_linear(x: torch.Tensor, packed: torch.Tensor, block_scales: torch.Tensor, per_tensor: torch.Tensor,
                  bias: torch.Tensor | None = None):
     """x [..., K] @ dequant(packed [N, K/2], block_scales e4m3 [N, K/16] row-major, per_tensor)^T + bias."""
-    if triton is None:
-        raise RuntimeError("triton is not installed")
-    shape = x.shape
-    x2 = x.reshape(-1, shape[-1]).contiguous()
-    M, K = x2.shape
-    N = packed.shape[0]
+    K, N = x.shape[-1], packed.shape[0]
     if packed.shape[1] * 2 != K or tuple(block_scales.shape) != (N, K // 16):
         raise ValueError(f"nvfp4 shapes do not fit: x K={K}, packed {tuple(packed.shape)}, scales {tuple(block_scales.shape)}")
-    y = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    BM, BN, BK = _blocks(M, N)
-    grid = (triton.cdiv(M, BM), triton.cdiv(N, BN))
-    _nvfp4_mm_kernel[grid](x2, packed.contiguous(), block_scales.contiguous().view(torch.uint8),
-                           bias if bias is not None else x2, y, per_tensor.reshape(1).float().to(x.device), M, N, K,
-                           HAS_BIAS=bias is not None, BM=BM, BN=BN, BK=BK)
-    return y.reshape(*shape[:-1], N)
+    return _launch(NVFP4, x, packed.contiguous(), block_scales.contiguous().view(torch.uint8), per_tensor, bias, N)
