@@ -217,7 +217,7 @@ def load_anima_model(sd: dict, dtype=None, metadata: dict | None = None):
     `_quantization_metadata` header) load their quantized layers as QuantLinear modules."""
     from .quantized import attach_quantized, logical_shape, split_quantized
     prefix = "net." if any(k.startswith("net.") for k in sd) else ""
-    sd, quantized = split_quantized(sd, metadata)
+    sd, quantized = split_quantized(sd, metadata, prefix)
     shapes = dict(sd)
     for layer, fmt in quantized.items():  # the config reads shapes: give it the logical ones
         shapes[layer + ".weight"] = torch.empty(logical_shape(sd, layer, fmt), device="meta")

@@ -25,8 +25,9 @@ from ..core.errors import ModelsmithError
 from ..core.quantize import PRESETS, excluded, parse_exclude
 from ..kernels.qlinear import FORMATS, QuantLinear, compute_path
 
-_MODEL_STATE = ("model_loaded_weight_memory", "lowvram_patch_counter", "model_lowvram",
-                "current_weight_patches_uuid", "model_offload_buffer_memory")
+# what ModelPatcher keeps on the model about its loading: a fresh copy starts unloaded
+_MODEL_STATE = {"model_loaded_weight_memory": 0, "lowvram_patch_counter": 0, "model_lowvram": False,
+                "current_weight_patches_uuid": None, "model_offload_buffer_memory": 0}
 _MODULE_STATE = ("comfy_patched_weights", "prev_comfy_cast_weights")
 
 
@@ -71,9 +72,8 @@ def _copy_sharing_storage(patcher):
             _set_attr(new, attr, value)
         except AttributeError:
             pass
-    for attr in _MODEL_STATE:
-        if attr in new.__dict__:
-            delattr(new, attr)
+    for attr, value in _MODEL_STATE.items():
+        setattr(new, attr, value)
     for m in new.modules():
         for attr in _MODULE_STATE:
             if attr in m.__dict__:
@@ -167,10 +167,6 @@ def quantized_patcher(patcher, fmt: str, preset: str = "auto", exclude: str = ""
         from .anima import enable_fp32_residual
         enable_fp32_residual(new_model.diffusion_model, reinstall=True)
     n = _clone_onto(patcher, new_model)
-    for attr, default in (("model_loaded_weight_memory", 0), ("lowvram_patch_counter", 0), ("model_lowvram", False),
-                          ("current_weight_patches_uuid", None), ("model_offload_buffer_memory", 0)):
-        if not hasattr(new_model, attr):
-            setattr(new_model, attr, default)
     if getattr(new_model, "device", None) is None:
         new_model.device = patcher.offload_device
     stats.update(family=family, preset=preset or "none", format=fmt,
@@ -185,16 +181,15 @@ FILE_FORMATS = {"float8_e4m3fn": "float8_e4m3fn", "float8_e5m2": "float8_e5m2", 
 _AUX = (".comfy_quant", ".weight_scale", ".weight_scale_2", ".input_scale")
 
 
-def split_quantized(sd: dict, metadata: dict | None = None) -> tuple[dict, dict]:
+def split_quantized(sd: dict, metadata: dict | None = None, prefix: str = "") -> tuple[dict, dict]:
     """(state dict in QuantLinear's form, {layer: format}) of a file's tensors.
 
     Layers are found by their `comfy_quant` tensor or, for files that only carry it, the
-    `_quantization_metadata` header. In the returned dict a quantized layer has `weight` (stored
+    `_quantization_metadata` header (which names layers without the file's key `prefix`). In the returned dict a quantized layer has `weight` (stored
     form), `weight_scale` (fp32 scalar, or row-major E4M3 block scales for nvfp4) and
     `weight_scale_2`; `comfy_quant` and `input_scale` are gone. Unknown formats are refused."""
     import json
 
-    from ..core.errors import ModelsmithError
     from ..kernels import nvfp4 as k_nvfp4
     layers = {}
     if metadata and metadata.get("_quantization_metadata"):
@@ -209,11 +204,9 @@ def split_quantized(sd: dict, metadata: dict | None = None) -> tuple[dict, dict]
                 layers[k[: -len(".comfy_quant")]] = json.loads(bytes(sd[k].to(torch.uint8).tolist()).decode()).get("format")
             except (ValueError, UnicodeDecodeError, AttributeError) as e:
                 raise ModelsmithError(f"{k}: unreadable comfy_quant: {e}") from e
-    # metadata names layers without the file's prefix; match them to the keys present
     resolved = {}
     for layer, fmt in layers.items():
-        full = layer if layer + ".weight" in sd else next((k[: -len(".weight")] for k in sd
-                                                           if k.endswith("." + layer + ".weight")), None)
+        full = next((f for f in (layer, prefix + layer) if f + ".weight" in sd), None)
         if full is None:
             continue
         if fmt not in FILE_FORMATS:
@@ -245,7 +238,6 @@ def logical_shape(sd: dict, layer: str, fmt: str):
 
 def attach_quantized(dit: torch.nn.Module, sd: dict, layers: dict, prefix: str = "") -> None:
     """Put QuantLinear modules holding the file's tensors where `layers` (keys with `prefix`) are."""
-    from ..core.errors import ModelsmithError
     for full, fmt in layers.items():
         name = full[len(prefix):] if prefix and full.startswith(prefix) else full
         try:

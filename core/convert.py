@@ -94,25 +94,27 @@ def plan(table: dict, *, dtype=None, ema="keep", vae="keep", vae_table=None) -> 
     return out
 
 
+NF4_OUT = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
 def _dequantized_table(src):
     """The source's tensor table with bitsandbytes NF4 layers shown as the float weights they decode
-    to (their bookkeeping tensors dropped); and the set of those weight keys."""
+    to (their bookkeeping tensors dropped); and the quant state of each such weight key."""
     from ..kernels import nf4 as k_nf4
-    nf4 = set(k_nf4.nf4_weights(src.table))
-    if not nf4:
-        return src.table, nf4
-    aux = k_nf4.aux_keys(nf4)
+    from .inspect import NF4_STATE, nf4_aux_keys, nf4_weights
+    weights = nf4_weights(src.table)
+    if not weights:
+        return src.table, {}
+    aux = nf4_aux_keys(weights)
     table = {k: v for k, v in src.table.items() if k not in aux}
-    for wk in nf4:
+    states = {}
+    for wk in weights:
         try:
-            state = k_nf4.read_state(src.get(wk + k_nf4.STATE_SUFFIX))
+            states[wk] = state = k_nf4.read_state(src.get(wk + NF4_STATE))
         except ValueError as e:
             raise ModelsmithError(f"{wk}: {e}") from e
         table[wk] = (NF4_OUT.get(state.get("dtype"), "BF16"), tuple(int(x) for x in state["shape"]))
-    return table, nf4
-
-
-NF4_OUT = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+    return table, states
 
 
 def run_convert(src_path, output, *, dtype="fp16", ema="keep", vae="keep", overwrite=False, progress=None,
@@ -152,7 +154,7 @@ def run_convert(src_path, output, *, dtype="fp16", ema="keep", vae="keep", overw
                 if where == "vae":
                     t = vae_src.get(vae_keys[sk])
                 elif sk in nf4:
-                    t = k_nf4.dequantize_layer(src.get, sk)
+                    t = k_nf4.dequantize_layer(src.get, sk, state=nf4[sk])
                 else:
                     t = src.get(sk)
                 w.add(k, t.to(torch_dtype(dt)))

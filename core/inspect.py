@@ -25,8 +25,19 @@ MARKER_KEYS = ("v_pred", "ztsnr", "edm_mean", "edm_std", "edm_vpred.sigma_max", 
                "scaled_fp8")
 
 
+# bitsandbytes 4-bit layers: `<layer>.weight` plus these bookkeeping tensors (kernels/nf4.py reads them)
 NF4_STATE = ".quant_state.bitsandbytes__nf4"
 NF4_AUX = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", NF4_STATE)
+
+
+def nf4_weights(keys) -> set[str]:
+    """The `<layer>.weight` keys that carry a bitsandbytes NF4 quant state."""
+    return {k[: -len(NF4_STATE)] for k in keys if k.endswith(NF4_STATE)}
+
+
+def nf4_aux_keys(weights) -> set[str]:
+    """The bookkeeping tensors that belong to the given NF4 weights."""
+    return {w + s for w in weights for s in NF4_AUX}
 SCALE_SUFFIXES = (".comfy_quant", ".weight_scale", ".weight_scale_2", ".input_scale", ".scale_weight", ".scale_input")
 FP8_FORMATS = {"float8_e4m3fn", "float8_e5m2", "fp8_e4m3fn", "fp8_e5m2", "float8_e4m3fn_scaled"}
 
@@ -61,12 +72,13 @@ def _denoiser_stats(den: dict, quant: dict) -> tuple[str, int]:
     Precision is the storage of its matrices (2-D and up), quantization first; nvfp4 weights count
     two parameters per byte; scales, markers and comfy_quant tensors are not parameters."""
     weight_by_dtype, params, legacy_fp8 = {}, 0, False
-    nf4 = {k[: -len(NF4_STATE)] for k in den if k.endswith(NF4_STATE)}  # bitsandbytes 4-bit layers
+    nf4 = nf4_weights(den)
+    nf4_aux = nf4_aux_keys(nf4)
     for name, (dtype, shape) in den.items():
         if name in MARKER_KEYS or name.endswith(SCALE_SUFFIXES):
             legacy_fp8 = legacy_fp8 or name == "scaled_fp8" or name.endswith(".scale_weight")
             continue
-        if nf4 and name.endswith(NF4_AUX) and name.rsplit(".", 1)[0].removesuffix(".quant_state") in nf4:
+        if name in nf4_aux:
             continue
         n = math.prod(shape)
         if (quant and name.endswith(".weight") and quant.get(name[:-7]) == "nvfp4") or name in nf4:
@@ -230,7 +242,7 @@ def _warn(report, tensors, source):
     if report["precision"] == "fp16" and fam_ in ("anima", "cosmos-predict2"):
         w.append("The Cosmos/Anima residual stream overflows fp16: run it through ModelsmithModelComputeDtype "
                  "fp16 (fp32 residual) or in bf16.")
-    nf4 = sum(1 for k in tensors if k.endswith(NF4_STATE))
+    nf4 = len(nf4_weights(tensors))
     if nf4:
         w.append(f"bitsandbytes NF4 weights ({nf4} layers): ComfyUI's stock loaders cannot read them; "
                  "`python -m modelsmith convert` dequantizes them to fp16/bf16 safetensors.")

@@ -17,23 +17,13 @@ import json
 
 import torch
 
+from ..core.inspect import NF4_STATE
+
 NF4_CODE = (-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
             -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
             0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
             0.7229568362236023, 1.0)
-STATE_SUFFIX = ".quant_state.bitsandbytes__nf4"
-AUX_SUFFIXES = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", STATE_SUFFIX)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def nf4_weights(keys) -> list[str]:
-    """The `<layer>.weight` keys that carry a bitsandbytes NF4 quant state."""
-    return [k[: -len(STATE_SUFFIX)] for k in keys if k.endswith(STATE_SUFFIX)]
-
-
-def aux_keys(weights) -> set[str]:
-    """The bookkeeping tensors that belong to the given NF4 weights."""
-    return {w + s for w in weights for s in AUX_SUFFIXES}
 
 
 def read_state(raw: torch.Tensor) -> dict:
@@ -65,9 +55,11 @@ def dequantize(packed: torch.Tensor, absmax: torch.Tensor, shape, blocksize: int
     return (values * scale).reshape(tuple(shape)).to(dtype)
 
 
-def dequantize_layer(get, weight_key: str, dtype=None) -> torch.Tensor:
-    """Dequantize one bitsandbytes layer; `get(key)` returns a stored tensor."""
-    state = read_state(get(weight_key + STATE_SUFFIX))
+def dequantize_layer(get, weight_key: str, dtype=None, state: dict | None = None) -> torch.Tensor:
+    """Dequantize one bitsandbytes layer; `get(key)` returns a stored tensor (`state`: its quant state,
+    when already read)."""
+    if state is None:
+        state = read_state(get(weight_key + NF4_STATE))
     absmax = get(weight_key + ".absmax")
     if "nested_blocksize" in state:
         nested_map = get(weight_key + ".nested_quant_map").float()

@@ -21,6 +21,7 @@ This module does not import ComfyUI.
 """
 from __future__ import annotations
 
+import functools
 import logging
 
 import torch
@@ -42,12 +43,19 @@ def _capability(device: torch.device):
 
 
 def native_fp8(device) -> bool:
-    cap = _capability(torch.device(device))
-    return cap is not None and cap >= (8, 9) and hasattr(torch, "_scaled_mm")
+    return _native(torch.device(device), "fp8")
 
 
 def native_nvfp4(device) -> bool:
-    cap = _capability(torch.device(device))
+    return _native(torch.device(device), "nvfp4")
+
+
+@functools.lru_cache(maxsize=None)
+def _native(device: torch.device, fmt: str) -> bool:
+    """Asked on every forward: answered once per device and format."""
+    cap = _capability(device)
+    if fmt == "fp8":
+        return cap is not None and cap >= (8, 9) and hasattr(torch, "_scaled_mm")
     if cap is None or cap < (10, 0):
         return False
     try:
