@@ -22,21 +22,13 @@ import inspect
 import torch
 
 from ..core.errors import ModelsmithError
-from ..core.quantize import PRESETS, excluded, parse_exclude
+from ..core.quantize import PRESETS, excluded, parse_exclude, preset_for
 from ..kernels.qlinear import FORMATS, QuantLinear, compute_path
 
 # what ModelPatcher keeps on the model about its loading: a fresh copy starts unloaded
 _MODEL_STATE = {"model_loaded_weight_memory": 0, "lowvram_patch_counter": 0, "model_lowvram": False,
                 "current_weight_patches_uuid": None, "model_offload_buffer_memory": 0}
 _MODULE_STATE = ("comfy_patched_weights", "prev_comfy_cast_weights")
-
-
-def preset_for(family: str | None) -> str | None:
-    if family in ("anima", "cosmos-predict2"):
-        return "anima"
-    if family in ("sdxl", "sd1", "sd2", "sdxl-refiner"):
-        return "sdxl"
-    return None
 
 
 def family_of(patcher) -> str | None:

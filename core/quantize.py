@@ -30,6 +30,15 @@ NOT_LINEAR = re.compile(r"(^|\.)(embed|embedding|embeddings|embed_tokens|token_e
                         r"position_embedding|shared)\.weight$")
 
 
+def preset_for(family: str | None) -> str | None:
+    """The preset `auto` picks for a model family (None: quantize every eligible layer)."""
+    if family in ("anima", "cosmos-predict2"):
+        return "anima"
+    if family in ("sdxl", "sd1", "sd2", "sdxl-refiner"):
+        return "sdxl"
+    return None
+
+
 def parse_exclude(text: str) -> list[str]:
     """Comma-separated regular expressions, each checked (a bad one is named, not raised later)."""
     patterns = [p.strip() for p in (text or "").split(",") if p.strip()]
@@ -79,7 +88,7 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
         raise ModelsmithError(f"{src} is already quantized ({report['precision']})")
     family = report["family"]
     if preset == "auto":
-        preset = "anima" if family in ("anima", "cosmos-predict2") else "sdxl" if family in ("sdxl", "sd1", "sd2") else None
+        preset = preset_for(family)
     patterns = list(PRESETS.get(preset, [])) + parse_exclude(exclude)
     from .families import find_denoiser
     with Reader(src) as r:

@@ -94,15 +94,20 @@ COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bf
 QUANT_DTYPES = {"fp8_e4m3fn": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2", "nvfp4": "nvfp4"}
 
 
-def _fp16_accumulation_wrapper(apply_model, args):
-    """Run the denoiser with cuBLAS fp16 accumulation on, restoring the global flag afterwards."""
-    flag = torch.backends.cuda.matmul
-    before = getattr(flag, "allow_fp16_accumulation", False)
-    flag.allow_fp16_accumulation = True
-    try:
-        return apply_model(args["input"], args["timestep"], **args["c"])
-    finally:
-        flag.allow_fp16_accumulation = before
+def _fp16_accumulation_wrapper(previous=None):
+    """A denoiser wrapper that turns cuBLAS fp16 accumulation on around the call (restoring the global
+    flag afterwards) and calls the wrapper already set on the model, if any."""
+    def wrapper(apply_model, args):
+        flag = torch.backends.cuda.matmul
+        before = getattr(flag, "allow_fp16_accumulation", False)
+        flag.allow_fp16_accumulation = True
+        try:
+            if previous is not None:
+                return previous(apply_model, args)
+            return apply_model(args["input"], args["timestep"], **args["c"])
+        finally:
+            flag.allow_fp16_accumulation = before
+    return wrapper
 
 
 def fp16_accumulation_support(device) -> str | None:
@@ -170,7 +175,7 @@ class ModelsmithModelComputeDtype:
             if why_not:
                 lines.append(why_not)
             else:
-                m.set_model_unet_function_wrapper(_fp16_accumulation_wrapper)
+                m.set_model_unet_function_wrapper(_fp16_accumulation_wrapper(m.model_options.get("model_function_wrapper")))
                 lines.append("fp16 accumulation on while the denoiser runs")
         report = "; ".join(lines)
         return {"ui": {"text": [report]}, "result": (m, report)}

@@ -345,3 +345,19 @@ def test_lora_node_with_quantized_model_in_a_graph(run_graph, tiny_files, models
     plain = np.asarray(Image.open(output_dir / img["subfolder"] / img["filename"])).astype(np.int16)
     assert np.abs(on - off).mean() > 1.0      # the LoRA reaches the quantized layers
     assert np.array_equal(off, plain)         # and strength 0 is no LoRA at all
+
+
+def test_fp16_accumulation_wrapper_keeps_the_previous_wrapper():
+    """The wrapper restores the global flag and still calls a wrapper another node had set."""
+    from modelsmith.nodes.precision import _fp16_accumulation_wrapper
+    flag = torch.backends.cuda.matmul
+    seen = []
+
+    def previous(apply_model, args):
+        seen.append(getattr(flag, "allow_fp16_accumulation", None))
+        return apply_model(args["input"], args["timestep"], **args["c"]) * 2
+
+    before = getattr(flag, "allow_fp16_accumulation", False)
+    out = _fp16_accumulation_wrapper(previous)(lambda x, t, **c: x + t, {"input": torch.ones(2), "timestep": 1.0, "c": {}})
+    assert torch.equal(out, torch.full((2,), 4.0)) and seen == [True]
+    assert getattr(flag, "allow_fp16_accumulation", False) == before
