@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import inspect
 
+import comfy.utils
 import torch
 
 from ..core.errors import ModelsmithError
@@ -61,7 +62,7 @@ def _copy_sharing_storage(patcher):
         raise ModelsmithError(f"could not copy {type(model).__name__} to quantize it: {type(e).__name__}: {e}") from e
     for attr, value in getattr(patcher, "object_patches_backup", {}).items():
         try:
-            _set_attr(new, attr, value)
+            comfy.utils.set_attr(new, attr, value)
         except AttributeError:
             pass
     for attr, value in _MODEL_STATE.items():
@@ -75,13 +76,6 @@ def _copy_sharing_storage(patcher):
         if hasattr(m, "bias_function"):
             m.bias_function = []
     return new
-
-
-def _set_attr(obj, dotted, value):
-    *parents, last = dotted.split(".")
-    for p in parents:
-        obj = getattr(obj, p)
-    setattr(obj, last, value)
 
 
 def quantize_denoiser(dit: torch.nn.Module, fmt: str, patterns) -> dict:
