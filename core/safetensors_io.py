@@ -84,7 +84,8 @@ def parse_header_bytes(raw: bytes, data_size: int, path: str = "<bytes>") -> tup
         raise bad(f"the header is not valid JSON ({str(e)[:80]})") from None
     if not isinstance(obj, dict):
         raise bad("the header is not a JSON object")
-    metadata = obj.pop("__metadata__", None) or {}
+    metadata = obj.pop("__metadata__", None)
+    metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise bad("__metadata__ must map strings to strings")
     tensors = {}
@@ -92,7 +93,7 @@ def parse_header_bytes(raw: bytes, data_size: int, path: str = "<bytes>") -> tup
         if not isinstance(entry, dict):
             raise bad(f"entry {name!r} is not an object")
         dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-        if dtype not in DTYPE_BITS:
+        if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
             raise bad(f"tensor {name!r} has unknown dtype {dtype!r}")
         if type(shape) is not list:
             raise bad(f"tensor {name!r} has an invalid shape {shape!r}")

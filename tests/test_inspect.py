@@ -1,5 +1,6 @@
 """Inspection over a corpus built here: full-size header-only files for every family, tiny real ones."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -48,7 +49,7 @@ def _quantize_table(table, fmt):
     return out, quant
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def corpus_files(comfy, tmp_path_factory):
     d = tmp_path_factory.mktemp("corpus")
     cases = {}
@@ -99,7 +100,8 @@ def corpus_files(comfy, tmp_path_factory):
         k[: -len(".comfy_quant")]: {"format": "float8_e4m3fn"} for k in q8}})}
     add("flux1_fp8_comfy_quant", flux_fp8, _exp("flux1", "diffusion-model", "fp8-scaled", "flow", variant="dev"),
         metadata=meta, fills=q8)
-    return cases
+    yield cases
+    shutil.rmtree(d, ignore_errors=True)
 
 
 CASES = ["sd1_fp16", "sd1_ema_fp32", "sd1_inpaint", "sd1_ip2p", "sd1_unet_only", "sd1_diffusers", "sd2_512_eps",

@@ -8,7 +8,7 @@ import types
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st, HealthCheck
+from hypothesis import example, given, settings, strategies as st, HealthCheck
 
 from modelsmith.core.errors import ModelsmithError, UnsafePickleError
 from modelsmith.core.inspect import inspect_file
@@ -207,13 +207,15 @@ def test_fuzz_header_parser_random_bytes(raw, data_size):
 _json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-5, 2**64), st.floats(allow_nan=True), st.text(max_size=8))
 _json = st.recursive(_json_leaf, lambda c: st.one_of(st.lists(c, max_size=4), st.dictionaries(st.text(max_size=6), c, max_size=4)),
                      max_leaves=20)
-_entry = st.fixed_dictionaries({"dtype": st.sampled_from(["F32", "F16", "BF16", "U8", "F4", "XX", 3]),
+_entry = st.fixed_dictionaries({"dtype": st.one_of(st.sampled_from(["F32", "F16", "BF16", "U8", "F4", "XX", 3]), _json),
                                 "shape": st.one_of(st.lists(st.integers(-2, 64), max_size=3), _json),
                                 "data_offsets": st.one_of(st.lists(st.integers(-2, 300), min_size=2, max_size=2), _json)})
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.dictionaries(st.text(max_size=5), st.one_of(_entry, _json), max_size=5), st.integers(0, 400))
+@example({"": {"dtype": []}}, 0)  # found by this test: an unhashable dtype raised TypeError
+@example({"__metadata__": []}, 0)  # an empty list is not a metadata map
 def test_fuzz_header_parser_structured(header, data_size):
     try:
         tensors, meta = parse_header_bytes(json.dumps(header).encode(), data_size)

@@ -1,5 +1,6 @@
 """Model tools: merges against in-memory references, convert/prune, atomic writes and faults."""
 import hashlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,11 +15,12 @@ from modelsmith.core.inspect import inspect_file
 from modelsmith.core.merge import Recipe, run_merge
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sd1_trio(comfy, tmp_path_factory):
     import tiny
     d = tmp_path_factory.mktemp("merge_in")
-    return [tiny.save(d / f"m{i}.safetensors", "sd1", seed=10 + i) for i in range(3)]
+    yield [tiny.save(d / f"m{i}.safetensors", "sd1", seed=10 + i) for i in range(3)]
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def _load(p):
@@ -184,7 +186,7 @@ def test_cli_merge_and_recipe_replay(sd1_trio, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sd1_with_ema(comfy, tmp_path_factory):
     """An SD1-shaped checkpoint ComfyUI's stock loader accepts (320 channels, 768 context), with EMA,
     a tiny VAE and training state, as a .ckpt pickle."""
@@ -205,7 +207,8 @@ def sd1_with_ema(comfy, tmp_path_factory):
     d = tmp_path_factory.mktemp("convert_in")
     path = d / "sd1 with ema.ckpt"
     torch.save({"state_dict": sd, "global_step": 1234, "optimizer_states": [{"state": {}}]}, path)
-    return path
+    yield path
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_convert_emaonly_fp16_loads_in_stock_loader(comfy, sd1_with_ema, models_dir):

@@ -21,7 +21,7 @@ EXPECTED_FILES = {
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def wf_server(comfy, tiny_files, tmp_path_factory):
     """A server whose models folder holds tiny models under the names the workflows expect."""
     import tiny_anima
@@ -39,6 +39,8 @@ def wf_server(comfy, tiny_files, tmp_path_factory):
     srv.models, srv.output = d, out
     yield srv
     stop_server(srv)
+    shutil.rmtree(d, ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
 
 
 def test_every_workflow_validates(wf_server):
