@@ -11,8 +11,8 @@ from modelsmith.core.inspect import inspect_file
 from modelsmith.core.quantize import run_quantize
 
 
-@pytest.fixture(scope="session")
-def mid_sd1_unet(comfy, models_dir):
+@pytest.fixture(scope="module")
+def mid_sd1_unet(comfy, models_dir, output_dir):
     """An SD1-shaped UNet ComfyUI's stock detection accepts (320 channels, 768 context), fp16."""
     import tiny
     from modelsmith.compat import sized
@@ -23,7 +23,11 @@ def mid_sd1_unet(comfy, models_dir):
     sd = {k: v.detach().half().contiguous() for k, v in p.model.diffusion_model.state_dict().items()}
     path = models_dir / "diffusion_models" / "mid_sd1_fp16.safetensors"
     safetensors.torch.save_file(sd, str(path))
-    return path
+    yield path
+    # ~0.5 GB between them: free the disk for the modules that follow
+    for p in (path, path.with_name("mid_sd1_fp8.safetensors"),
+              output_dir / "checkpoints" / "mid_sd1_nvfp4_node.safetensors"):
+        p.unlink(missing_ok=True)
 
 
 def _forward(model):
