@@ -82,21 +82,41 @@ def escape(s: str) -> str:
 
 
 def split_top(text: str) -> list[str]:
-    """Split at commas outside (unescaped) parentheses; unbalanced parentheses count as literal."""
-    parts = _split(text, True)
-    if parts is None:
-        return _split(text, False)
+    """Split at commas outside parentheses. Only parentheses that pair up nest (escaped ones never
+    do), so a stray '(' or ')' elsewhere in the prompt leaves the other groups intact."""
     out = []
-    for seg in parts:
-        # commas inside parentheses only group when the parentheses enclose the whole item
-        if "," in seg and not (seg.startswith("(") and seg.endswith(")")):
-            out += _split(seg, False)
+    for seg in _split(text, _paired(text)):
+        # commas inside parentheses only group when one pair of them encloses the whole item
+        if "," in seg and not encloses(seg):
+            out += _split(seg, {})
         else:
             out.append(seg)
     return out
 
 
-def _split(text: str, nest: bool):
+def encloses(seg: str) -> bool:
+    """True when the item is one parenthesised group: '(a, b)', not '(a) (b)' or '(a, b\\)'."""
+    return seg.startswith("(") and _paired(seg).get(0) == len(seg) - 1
+
+
+def _paired(text: str) -> dict[int, int]:
+    """Unescaped parentheses that have a partner: position -> the partner's position."""
+    stack, pairs, i = [], {}, 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and text[i + 1:i + 2] in ("(", ")"):
+            i += 2
+            continue
+        if c == "(":
+            stack.append(i)
+        elif c == ")" and stack:
+            j = stack.pop()
+            pairs[j], pairs[i] = i, j
+        i += 1
+    return pairs
+
+
+def _split(text: str, nesting: dict[int, int]) -> list[str]:
     parts, depth, cur, i = [], 0, [], 0
     while i < len(text):
         c = text[i]
@@ -104,12 +124,8 @@ def _split(text: str, nest: bool):
             cur.append(text[i:i + 2])
             i += 2
             continue
-        if c == "(" and nest:
-            depth += 1
-        elif c == ")" and nest:
-            if depth == 0:
-                return None
-            depth -= 1
+        if i in nesting:
+            depth += 1 if c == "(" else -1
         elif c in ",\n" and depth == 0:
             parts.append("".join(cur))
             cur = []
@@ -117,8 +133,6 @@ def _split(text: str, nest: bool):
             continue
         cur.append(c)
         i += 1
-    if depth:
-        return None
     parts.append("".join(cur))
     return [p.strip() for p in parts if p.strip()]
 
@@ -175,11 +189,11 @@ def parse(text: str) -> Prompt:
         weight = None
         body = seg
         m = _WEIGHT.match(seg)
-        if m and not seg.startswith("\\("):
+        if m and encloses(seg):
             body, weight = m.group(1).strip(), m.group(2)
             if weight.startswith("."):
                 weight = "0" + weight
-        elif seg.startswith("(") and seg.endswith(")") and not seg.startswith("\\(") and not seg.endswith("\\)"):
+        elif encloses(seg):
             body, weight = seg[1:-1].strip(), "1.1"
         if weight is not None and split_top(body) != [body]:
             p.items.append(Item(seg, weight, "group"))

@@ -195,7 +195,7 @@ def test_missing_file_and_folder(tmp_path):
         inspect_file(tmp_path)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=int(os.environ.get("MODELSMITH_FUZZ_EXAMPLES", 400)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=400), st.integers(min_value=0, max_value=1 << 20))
 def test_fuzz_header_parser_random_bytes(raw, data_size):
     try:
@@ -212,7 +212,7 @@ _entry = st.fixed_dictionaries({"dtype": st.one_of(st.sampled_from(["F32", "F16"
                                 "data_offsets": st.one_of(st.lists(st.integers(-2, 300), min_size=2, max_size=2), _json)})
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=int(os.environ.get("MODELSMITH_FUZZ_EXAMPLES", 400)), deadline=None)
 @given(st.dictionaries(st.text(max_size=5), st.one_of(_entry, _json), max_size=5), st.integers(0, 400))
 @example({"": {"dtype": []}}, 0)  # found by this test: an unhashable dtype raised TypeError
 @example({"__metadata__": []}, 0)  # an empty list is not a metadata map
