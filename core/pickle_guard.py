@@ -69,7 +69,10 @@ def guarded_load(path: str | os.PathLike, *, mmap: bool | None = None):
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ModelsmithError(f"{path}: file not found")
-    is_zip = zipfile.is_zipfile(path)
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:  # e.g. a damaged end record claiming a multi-disk archive
+        is_zip = False
     if mmap is None:
         mmap = is_zip
     try:
@@ -81,7 +84,8 @@ def guarded_load(path: str | os.PathLike, *, mmap: bool | None = None):
             raise UnsafePickleError(path, name) from None
         raise ModelsmithError(f"{path}: refused to load: {str(e).splitlines()[0][:300]}") from None
     except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, TypeError,
-            AttributeError, IndexError, UnicodeDecodeError, OverflowError, MemoryError) as e:
+            AttributeError, IndexError, UnicodeDecodeError, OverflowError, MemoryError, AssertionError) as e:
+        # AssertionError: torch's legacy-format reader asserts on storage keys a damaged file lacks
         raise ModelsmithError(f"{path}: not a readable checkpoint pickle ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
 

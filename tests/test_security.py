@@ -119,6 +119,36 @@ def test_benign_sd_style_ckpt_loads(tmp_path, legacy):
     assert "pytorch_lightning" not in sys.modules
 
 
+def _multidisk_zip(raw: bytes) -> bytes:
+    """A zip .ckpt whose zip64 end locator claims a set of 2 disks (zipfile raises BadZipFile)."""
+    at = raw.rindex(b"PK\x06\x07") + 16  # signature, disk number, offset, then the total number of disks
+    return raw[:at] + b"\x02" + raw[at + 1:]
+
+
+def _legacy_missing_storage(raw: bytes) -> bytes:
+    """A legacy .ckpt whose trailing storage-key list names a storage the pickle never defined
+    (torch's reader asserts)."""
+    import re
+    key = re.findall(rb"(\d{12,})", raw)[-1]  # storage keys are object ids written as decimal strings
+    at = raw.rindex(key)
+    return raw[:at] + (b"1" if key[:1] != b"1" else b"2") + raw[at + 1:]
+
+
+# Found by mutating real .ckpt files: both used to escape as BadZipFile / AssertionError.
+@pytest.mark.parametrize("damage", ["multidisk_zip", "legacy_missing_storage"])
+def test_damaged_ckpt_gives_a_clear_error(tmp_path, damage):
+    sd = _good_sd()
+    legacy = damage.startswith("legacy")
+    torch.save({"state_dict": sd}, tmp_path / "good.ckpt", _use_new_zipfile_serialization=not legacy)
+    raw = (tmp_path / "good.ckpt").read_bytes()
+    bad = _multidisk_zip(raw) if damage == "multidisk_zip" else _legacy_missing_storage(raw)
+    assert bad != raw and len(bad) == len(raw)
+    (tmp_path / "bad.ckpt").write_bytes(bad)
+    for fn in (load_state_dict, inspect_file):
+        with pytest.raises(ModelsmithError, match="bad.ckpt"):
+            fn(tmp_path / "bad.ckpt")
+
+
 def test_tiny_ckpt_inspects_like_its_safetensors(tiny_files, tmp_path):
     import safetensors.torch
     sd = safetensors.torch.load_file(tiny_files["sdxl_vpred_ztsnr"])
