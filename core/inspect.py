@@ -101,6 +101,34 @@ def _denoiser_stats(den: dict, quant: dict) -> tuple[str, int]:
     return precision, params
 
 
+_LORA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".lora_A.weight", ".lora_B.weight", ".hada_w1_a",
+                  ".lokr_w1", ".lokr_w1_a", ".oft_blocks", ".diff", ".diff_b")
+_KIND_HINTS = {
+    "lora": " It looks like a LoRA (or LyCORIS): load it with LoraLoader / LoraLoaderModelOnly on top of a checkpoint.",
+    "embedding": " It looks like a textual-inversion embedding: put it in models/embeddings and write embedding:NAME in the prompt.",
+    "controlnet": " It looks like a ControlNet: load it with ControlNetLoader.",
+    "upscaler": " It looks like an image upscale model (ESRGAN-style): load it with UpscaleModelLoader.",
+    "vae": " It is a standalone VAE: load it with VAELoader.",
+    "text-encoder": " It is a standalone text encoder: load it with CLIPLoader / DualCLIPLoader.",
+}
+
+
+def _other_kind(names) -> str | None:
+    """What a file without a denoiser most likely is, from its key names alone (a hint, not a contract)."""
+    names = list(names)
+    if any(n.endswith(_LORA_SUFFIXES) or n.startswith(("lora_unet_", "lora_te", "lora_transformer_")) for n in names):
+        return "lora"
+    if any(n.startswith(("control_model.", "controlnet_", "input_hint_block.")) for n in names):
+        return "controlnet"
+    if names and (set(names) <= {"emb_params", "clip_l", "clip_g", "string_to_token", "name", "step",
+                                 "sd_checkpoint", "sd_checkpoint_name"}
+                  or any(n.startswith("string_to_param.") for n in names)):
+        return "embedding"
+    if any(".RDB" in n or n.startswith(("conv_first.", "body.0.rdb", "model.1.sub.")) for n in names):
+        return "upscaler"
+    return None
+
+
 def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None, source="safetensors",
                     values=None) -> dict:
     """The inspection report for a {name: (dtype, shape)} table.
@@ -138,7 +166,10 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
             report["components"]["text_encoders"] = ["qwen3-0.6b" if width == 1024 else "qwen3"]
         elif any(k.startswith(("text_model.", "encoder.block.", "shared.")) for k in names):
             report["kind"] = "text-encoder"
-        warnings.append("No denoiser (UNet/DiT) found in this file; it is not a checkpoint to sample from.")
+        else:
+            report["kind"] = _other_kind(names)
+        hint = _KIND_HINTS.get(report.get("kind"), "")
+        warnings.append("No denoiser (UNet/DiT) found in this file; it is not a checkpoint to sample from." + hint)
 
     if "scaled_fp8" in tensors and den:
         den.setdefault("scaled_fp8", tensors["scaled_fp8"])

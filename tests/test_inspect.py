@@ -176,3 +176,31 @@ def test_tiny_real_files_of_every_family(comfy, tmp_path, name):
     assert (rep["family"], rep["variant"], rep["layout"], rep["prediction"], rep["precision"]) == \
         (family, variant, layout, prediction, "fp32")
     assert rep["params"] > 0 and rep["file"]["bytes_read"] < 2_000_000
+
+
+_F16 = torch.float16
+OTHER_FILES = {
+    "lora": {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_k.lora_down.weight": (4, 640),
+             "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_k.lora_up.weight": (640, 4),
+             "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_k.alpha": ()},
+    "lora_peft": {"diffusion_model.blocks.0.self_attn.q_proj.lora_A.weight": (4, 64),
+                  "diffusion_model.blocks.0.self_attn.q_proj.lora_B.weight": (64, 4)},
+    "embedding": {"clip_l": (4, 768), "clip_g": (4, 1280)},
+    "controlnet": {"control_model.input_hint_block.0.weight": (16, 3, 3, 3),
+                   "control_model.zero_convs.0.0.weight": (320, 320, 1, 1)},
+    "upscaler": {"model.0.weight": (64, 3, 3, 3), "model.1.sub.0.RDB1.conv1.0.weight": (32, 64, 3, 3)},
+    "vae": {"encoder.conv_in.weight": (128, 3, 3, 3), "decoder.conv_in.weight": (512, 4, 3, 3)},
+}
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_FILES))
+def test_files_without_a_denoiser_say_what_they_look_like(tmp_path, name):
+    import safetensors.torch
+    p = tmp_path / f"{name}.safetensors"
+    safetensors.torch.save_file({k: torch.zeros(s, dtype=_F16) for k, s in OTHER_FILES[name].items()}, str(p))
+    rep = inspect_file(p)
+    kind = name.split("_")[0]
+    assert (rep["family"], rep["components"]["denoiser"], rep["kind"]) == ("unknown", False, kind)
+    loader = {"lora": "LoraLoader", "embedding": "embedding:", "controlnet": "ControlNetLoader",
+              "upscaler": "UpscaleModelLoader", "vae": "VAELoader"}[kind]
+    assert any("No denoiser" in w and loader in w for w in rep["warnings"]), rep["warnings"]
