@@ -39,8 +39,9 @@ def cmd_inspect(args) -> int:
                 continue
             results.append(rep)
             if not args.json:
-                print(f"{path}: {rep['family']} {rep['variant'] or ''} {rep['layout'] or ''} "
-                      f"{rep['precision'] or ''} {rep['prediction'] or ''}{' ztsnr' if rep['ztsnr'] else ''}")
+                fields = (rep["family"], rep["variant"], rep["layout"] or rep.get("kind"), rep["precision"],
+                          rep["prediction"], "ztsnr" if rep["ztsnr"] else None)
+                print(f"{path}: " + " ".join(str(f) for f in fields if f))
         if args.json:
             json.dump(results, sys.stdout, indent=2)
             print()

@@ -13,6 +13,7 @@ import statistics
 
 from . import families as fam
 from .errors import ModelsmithError
+from .files import check_regular_file
 from .safetensors_io import FLOAT_DTYPES, read_header, read_tensor_bytes, decode_floats
 
 PICKLE_EXTS = (".ckpt", ".pt", ".pth", ".bin")
@@ -283,10 +284,9 @@ def _warn(report, tensors, source):
 
 def inspect_file(path: str | os.PathLike) -> dict:
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise ModelsmithError(f"{path}: file not found")
     if os.path.isdir(path):
         raise ModelsmithError(f"{path}: is a folder; use inspect_dir")
+    check_regular_file(path)
     lower = path.lower()
     if lower.endswith(PICKLE_EXTS) or _looks_like_pickle(path):
         from .pickle_guard import load_state_dict_table

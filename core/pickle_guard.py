@@ -9,6 +9,7 @@ import re
 import zipfile
 
 from .errors import ModelsmithError, UnsafePickleError
+from .files import check_regular_file
 
 
 class _StandIn:
@@ -67,8 +68,8 @@ def guarded_load(path: str | os.PathLike, *, mmap: bool | None = None):
     import torch
 
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ModelsmithError(f"{path}: file not found")
+    if check_regular_file(path).st_size == 0:
+        raise ModelsmithError(f"{path}: empty file (0 bytes); the download or copy did not finish")
     try:
         is_zip = zipfile.is_zipfile(path)
     except zipfile.BadZipFile:  # e.g. a damaged end record claiming a multi-disk archive

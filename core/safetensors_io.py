@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .errors import ModelsmithError
+from .files import check_regular_file
 
 # bits per element of every dtype the safetensors format defines
 DTYPE_BITS = {
@@ -128,13 +129,11 @@ def parse_header_bytes(raw: bytes, data_size: int, path: str = "<bytes>") -> tup
 def read_header(path: str | os.PathLike) -> Header:
     """Read and validate the header of a .safetensors file; reads only the header bytes."""
     path = os.fspath(path)
+    size = check_regular_file(path).st_size
     try:
-        size = os.path.getsize(path)
         f = open(path, "rb")
     except FileNotFoundError:
         raise ModelsmithError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise ModelsmithError(f"{path}: is a folder, not a file") from None
     except OSError as e:
         raise ModelsmithError(f"{path}: cannot open ({e.strerror})") from None
     with f:

@@ -3,6 +3,7 @@ import json
 import os
 import pickle
 import struct
+import subprocess
 import sys
 import types
 
@@ -223,6 +224,35 @@ def test_missing_file_and_folder(tmp_path):
         inspect_file(tmp_path / "nope.safetensors")
     with pytest.raises(ModelsmithError, match="folder"):
         inspect_file(tmp_path)
+
+
+def test_odd_paths_give_a_clear_error_and_never_block(tmp_path):
+    """A FIFO would block a plain open() forever; symlink loops, dangling links, empty files and
+    folders named like models must each give one clear error, also inside `inspect DIR`."""
+    d = tmp_path / "models"
+    d.mkdir()
+    os.mkfifo(d / "pipe.safetensors")
+    os.mkfifo(d / "pipe.ckpt")
+    (d / "loop_a.safetensors").symlink_to(d / "loop_b.safetensors")
+    (d / "loop_b.safetensors").symlink_to(d / "loop_a.safetensors")
+    (d / "dangling.ckpt").symlink_to(tmp_path / "gone.ckpt")
+    (d / "empty.ckpt").write_bytes(b"")
+    (d / "empty.safetensors").write_bytes(b"")
+    (d / "folder.safetensors").mkdir()
+    expected = {"pipe.safetensors": "not a regular file", "pipe.ckpt": "not a regular file",
+                "loop_a.safetensors": "symbolic links", "loop_b.safetensors": "symbolic links",
+                "dangling.ckpt": "not found", "empty.ckpt": "empty file", "empty.safetensors": "only 0 bytes"}
+    for name, msg in expected.items():
+        with pytest.raises(ModelsmithError, match=msg):
+            inspect_file(d / name)
+    with pytest.raises(ModelsmithError, match="not a regular file"):
+        load_state_dict(d / "pipe.ckpt")
+    r = subprocess.run([sys.executable, "-m", "modelsmith", "inspect", str(d)], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 2
+    for name, msg in expected.items():
+        assert f"{name}: " in r.stderr and msg in r.stderr, (name, r.stderr)
+    assert "folder.safetensors" not in r.stderr + r.stdout
 
 
 @settings(max_examples=int(os.environ.get("MODELSMITH_FUZZ_EXAMPLES", 400)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
