@@ -99,40 +99,37 @@ def encloses(seg: str) -> bool:
     return seg.startswith("(") and _paired(seg).get(0) == len(seg) - 1
 
 
+def _tokens(text: str):
+    """(position, token): an escaped parenthesis is one two-character token, never a bracket."""
+    i = 0
+    while i < len(text):
+        n = 2 if text[i] == "\\" and text[i + 1:i + 2] in ("(", ")") else 1
+        yield i, text[i:i + n]
+        i += n
+
+
 def _paired(text: str) -> dict[int, int]:
     """Unescaped parentheses that have a partner: position -> the partner's position."""
-    stack, pairs, i = [], {}, 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and text[i + 1:i + 2] in ("(", ")"):
-            i += 2
-            continue
-        if c == "(":
+    stack, pairs = [], {}
+    for i, tok in _tokens(text):
+        if tok == "(":
             stack.append(i)
-        elif c == ")" and stack:
+        elif tok == ")" and stack:
             j = stack.pop()
             pairs[j], pairs[i] = i, j
-        i += 1
     return pairs
 
 
 def _split(text: str, nesting: dict[int, int]) -> list[str]:
-    parts, depth, cur, i = [], 0, [], 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and i + 1 < len(text) and text[i + 1] in "()":
-            cur.append(text[i:i + 2])
-            i += 2
-            continue
+    parts, depth, cur = [], 0, []
+    for i, tok in _tokens(text):
         if i in nesting:
-            depth += 1 if c == "(" else -1
-        elif c in ",\n" and depth == 0:
+            depth += 1 if tok == "(" else -1
+        elif tok in (",", "\n") and depth == 0:
             parts.append("".join(cur))
             cur = []
-            i += 1
             continue
-        cur.append(c)
-        i += 1
+        cur.append(tok)
     parts.append("".join(cur))
     return [p.strip() for p in parts if p.strip()]
 
@@ -188,12 +185,13 @@ def parse(text: str) -> Prompt:
     for seg in split_top(text):
         weight = None
         body = seg
-        m = _WEIGHT.match(seg)
-        if m and encloses(seg):
+        enclosed = encloses(seg)
+        m = _WEIGHT.match(seg) if enclosed else None
+        if m:
             body, weight = m.group(1).strip(), m.group(2)
             if weight.startswith("."):
                 weight = "0" + weight
-        elif encloses(seg):
+        elif enclosed:
             body, weight = seg[1:-1].strip(), "1.1"
         if weight is not None and split_top(body) != [body]:
             p.items.append(Item(seg, weight, "group"))
