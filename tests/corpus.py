@@ -153,7 +153,7 @@ def dit_tables():
                 t[f"joint_blocks.{i}.x_block.attn2.qkv.weight"] = (3 * h, h)
         return {"model.diffusion_model." + k: (bf, v) for k, v in t.items()}
 
-    def flux1(guidance):
+    def flux1(guidance, norm="scale"):
         h = 3072
         t = {"img_in.weight": (h, 64), "txt_in.weight": (h, 4096), "time_in.in_layer.weight": (h, 256),
              "final_layer.linear.weight": (64, h)}
@@ -161,7 +161,7 @@ def dit_tables():
             t["guidance_in.in_layer.weight"] = (h, 256)
         for i in range(19):
             t[f"double_blocks.{i}.img_attn.qkv.weight"] = (3 * h, h)
-            t[f"double_blocks.{i}.img_attn.norm.key_norm.scale"] = (128,)
+            t[f"double_blocks.{i}.img_attn.norm.key_norm.{norm}"] = (128,)
             t[f"double_blocks.{i}.img_mlp.0.weight"] = (4 * h, h)
         for i in range(38):
             t[f"single_blocks.{i}.linear1.weight"] = (21504, h)
@@ -218,6 +218,8 @@ def dit_tables():
         "sd35_medium": (sd3(24, qk_norm=True, mmditx=True), exp("sd3.5-medium", layout="checkpoint")),
         "flux1_dev": (flux1(True), exp("flux1", "dev")),
         "flux1_schnell": (flux1(False), exp("flux1", "schnell")),
+        # as current ComfyUI (0.29) saves Flux.1: the q/k norm gains named `.weight`, not `.scale`
+        "flux1_dev_norm_weight": (flux1(True, "weight"), exp("flux1", "dev")),
         "flux2_dev": (flux2(6144, 8, 48), exp("flux2", "dev")),
         "flux2_klein4b": (flux2(3072, 5, 20), exp("flux2", "klein-4b")),
         "flux2_klein9b": (flux2(4096, 8, 24), exp("flux2", "klein-9b")),

@@ -110,13 +110,65 @@ def test_conditioning_carries_t5_ids(comfy, anima_files):
     assert cond[0][0].shape == (1, 2, 64)
 
 
-def test_native_anima_is_preferred(comfy, monkeypatch):
-    """A runtime with its own Anima (a stand-in entry in the model registry) makes the pack use native."""
+def _native():
+    import comfy.supported_models
+    return hasattr(comfy.supported_models, "Anima")
+
+
+def test_native_anima_is_preferred_where_a_runtime_adds_it_0375_standin(comfy, monkeypatch):
+    """On a runtime without Anima (0.3.75), a stand-in entry in the model registry makes the pack
+    use native. On a runtime with Anima, native loading is tested for real (tests below)."""
     import comfy.supported_models
     from modelsmith.compat import anima
+    if _native():
+        assert anima.native_anima_available()
+        return
     assert not anima.native_anima_available()
     monkeypatch.setattr(comfy.supported_models, "Anima", type("Anima", (), {}), raising=False)
     assert anima.native_anima_available()
+
+
+@pytest.fixture(scope="module")
+def native_shaped_dit(comfy):
+    """A 3-block DiT whose LLM adapter has the fixed sizes of core's native Anima (bf16, 135 M params)."""
+    import tiny_anima
+    return tiny_anima.dit_state_dict(seed=3, blocks=3, adapter=tiny_anima.NATIVE_ADAPTER, dtype=torch.bfloat16)
+
+
+@pytest.mark.skipif("not __import__('comfy.supported_models').supported_models.__dict__.get('Anima')",
+                    reason="native Anima only on current ComfyUI (0.29); 0.3.75 has none")
+def test_native_anima_0_29_builds_the_depth_of_the_file_and_matches_compat(comfy, native_shaped_dit):
+    """Core's native Anima built by the pack at the file's depth (core's detection assumes 28 blocks
+    for width 2048, and default heads/AdaLN widths otherwise), and the same weights in the compat
+    Anima give the same denoiser and adapter outputs (fp32; tolerance 1e-5 relative)."""
+    import comfy.ldm.anima.model
+    from modelsmith.compat import anima
+    nat = anima.load_native_anima(dict(native_shaped_dit), torch.float32)
+    com = anima.load_anima_model(dict(native_shaped_dit), torch.float32)
+    dit = nat.model.diffusion_model
+    assert type(dit) is comfy.ldm.anima.model.Anima and len(dit.blocks) == 3
+    assert set(nat.modelsmith_native_corrected) >= {"num_blocks", "num_heads", "adaln_lora_dim"}
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 16, 1, 8, 8, generator=g), torch.tensor([0.3, 0.7])
+    ctx, ids = torch.randn(2, 7, 1024, generator=g), torch.randint(0, 32128, (2, 5), generator=g)
+    with torch.no_grad():
+        a = dit(x, t, ctx, t5xxl_ids=ids)
+        b = com.model.diffusion_model(x, t, ctx, t5xxl_ids=ids)
+        pa = dit.preprocess_text_embeds(ctx, ids)
+        pb = anima.adapter_context(com.model.diffusion_model.llm_adapter, ctx, ids)
+    assert float((a - b).norm() / b.norm()) < 1e-5
+    assert pa.shape == pb.shape == (2, 512, 1024) and float((pa - pb).norm() / pb.norm()) < 1e-5
+
+
+@pytest.mark.skipif("not __import__('comfy.supported_models').supported_models.__dict__.get('Anima')",
+                    reason="native Anima only on current ComfyUI (0.29); 0.3.75 has none")
+def test_native_anima_0_29_refuses_a_truncated_build(comfy, native_shaped_dit, monkeypatch):
+    """If the native model ever ends up with fewer blocks than the file, the load is refused."""
+    from modelsmith.compat import anima
+    monkeypatch.setattr(anima, "_DEPTH_KEYS", ("num_heads", "adaln_lora_dim", "crossattn_emb_channels"))
+    sd = {k: v for k, v in native_shaped_dit.items()}
+    with pytest.raises(anima.ModelsmithError, match="refused"):
+        anima.load_native_anima(sd, torch.float32)
 
 
 def test_compat_registers_nothing(comfy):

@@ -10,17 +10,23 @@ LLM = {"vocab_size": 151936, "hidden_size": 64, "intermediate_size": 128, "num_h
        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32}
 
 
-def dit_state_dict(seed=0, blocks=2):
+# core's native Anima (ComfyUI 0.29) builds its LLM adapter at fixed sizes: 1024 wide, 6 blocks, 16 heads
+NATIVE_ADAPTER = {"dim": 1024, "source_dim": 1024, "layers": 6, "heads": 16}
+
+
+def dit_state_dict(seed=0, blocks=2, adapter=None, dtype=torch.float32):
+    """A tiny Anima DiT (64 wide); `adapter=NATIVE_ADAPTER` gives it an adapter core's native Anima can
+    hold (135 M parameters, the rest stays tiny)."""
     import comfy.ops
     from modelsmith.compat.anima import AnimaDiT
+    adapter = adapter or {"dim": 32, "source_dim": 64, "layers": 2, "heads": 1}
     m = AnimaDiT(max_img_h=240, max_img_w=240, max_frames=128, in_channels=16, out_channels=16, patch_spatial=2,
                  patch_temporal=1, concat_padding_mask=True, model_channels=64, num_blocks=blocks, num_heads=2,
-                 crossattn_emb_channels=32, pos_emb_cls="rope3d", use_adaln_lora=True, adaln_lora_dim=16,
+                 crossattn_emb_channels=adapter["dim"], pos_emb_cls="rope3d", use_adaln_lora=True, adaln_lora_dim=16,
                  rope_h_extrapolation_ratio=4.0, rope_w_extrapolation_ratio=4.0, rope_enable_fps_modulation=False,
-                 adapter={"dim": 32, "source_dim": 64, "layers": 2, "heads": 1},
-                 operations=comfy.ops.disable_weight_init, device="cpu", dtype=torch.float32)
+                 adapter=adapter, operations=comfy.ops.disable_weight_init, device="cpu", dtype=torch.float32)
     tiny.randomize(m, seed)
-    return {"net." + k: v.detach().clone().contiguous() for k, v in m.state_dict().items()}
+    return {"net." + k: v.detach().to(dtype).contiguous() for k, v in m.state_dict().items()}
 
 
 def te_state_dict(seed=1):

