@@ -46,10 +46,69 @@ def family_of(patcher) -> str | None:
     return None
 
 
+def core_quant_ops(fmt: str, device):
+    """The running ComfyUI's own quantized-layer class for `fmt` (current ComfyUI: comfy-kitchen
+    QuantizedTensor weights in `comfy.ops.mixed_precision_ops` layers, what core builds for quantized
+    files), or None where the runtime lacks it (0.3.x) or cannot carry the format. Formats the
+    device cannot compute natively are marked as core marks them: emulated (dequantize, then matmul)."""
+    try:
+        import comfy.model_management as mm
+        import comfy.ops
+        import comfy.quant_ops as qo
+    except ImportError:
+        return None
+    if not getattr(qo, "_CK_AVAILABLE", False) or fmt not in getattr(qo, "QUANT_ALGOS", {}) \
+            or not hasattr(comfy.ops, "mixed_precision_ops"):
+        return None
+    disabled = set()
+    checks = {"nvfp4": ("supports_nvfp4_compute", ("nvfp4",)),
+              "fp8": ("supports_fp8_compute", ("float8_e4m3fn", "float8_e5m2"))}
+    for fn, names in checks.values():
+        check = getattr(mm, fn, None)
+        if check is None or not check(device):
+            disabled.update(names)
+    return disabled
+
+
+def _core_linear(linear: torch.nn.Linear, fmt: str, compute_dtype, disabled):
+    """`linear` as the runtime's own quantized layer, loaded from the pack's quantizer output in
+    ComfyUI's file format (weight, weight_scale[, weight_scale_2], comfy_quant) -> (layer, bytes)."""
+    import json
+
+    import comfy.ops
+
+    from ..kernels import fp8 as k_fp8
+    from ..kernels import nvfp4 as k_nvfp4
+    w = linear.weight.detach()
+    if fmt == "nvfp4":
+        q, blocked, s2 = k_nvfp4.quantize(w)
+        sd = {"weight": q, "weight_scale": blocked, "weight_scale_2": s2.reshape(())}
+    else:
+        q, sc = k_fp8.quantize(w, dtype=getattr(torch, fmt))
+        sd = {"weight": q, "weight_scale": sc.reshape(())}
+    nbytes = sum(t.numel() * t.element_size() for t in sd.values())
+    sd["comfy_quant"] = torch.tensor(list(json.dumps({"format": fmt}).encode()), dtype=torch.uint8)
+    if linear.bias is not None:
+        sd["bias"] = linear.bias.detach()
+    ops = comfy.ops.mixed_precision_ops({}, compute_dtype, disabled=disabled)
+    layer = ops.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None, device=w.device)
+    missing, unexpected = layer.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ModelsmithError(f"ComfyUI's quantized layer did not take the {fmt} weights ({missing or unexpected})")
+    return layer, nbytes
+
+
 def _copy_sharing_storage(patcher):
+    """A copy of the patcher's model object whose parameters share storage with the original.
+
+    The model config is shared, not copied: current ComfyUI's configs answer None for any missing
+    attribute (`__getattr__`), which deepcopy takes for a `__deepcopy__` method and calls."""
     model = patcher.model
     originals = {k: b.weight for k, b in getattr(patcher, "backup", {}).items()}
     memo = {}
+    for shared in (getattr(model, "model_config", None),):
+        if shared is not None:
+            memo[id(shared)] = shared
     for name, p in model.named_parameters(remove_duplicate=False):
         if id(p) not in memo:
             src = originals.get(name, p.data)
@@ -78,8 +137,11 @@ def _copy_sharing_storage(patcher):
     return new
 
 
-def quantize_denoiser(dit: torch.nn.Module, fmt: str, patterns) -> dict:
-    """Replace eligible linear layers of `dit` in place; returns counts and bytes."""
+def quantize_denoiser(dit: torch.nn.Module, fmt: str, patterns, core=None) -> dict:
+    """Replace eligible linear layers of `dit` in place; returns counts and bytes.
+
+    `core`: (compute dtype, disabled formats) to build the runtime's own quantized layers
+    (core_quant_ops); None: the pack's QuantLinear."""
     stats = {"quantized_layers": 0, "kept_layers": 0, "quantized_params": 0, "quantized_bytes": 0,
              "source_bytes": 0, "kept": []}
     targets = []
@@ -94,14 +156,18 @@ def quantize_denoiser(dit: torch.nn.Module, fmt: str, patterns) -> dict:
                 continue
             targets.append((name, m))
     for name, m in targets:
-        q = QuantLinear.from_linear(m, fmt)
+        if core is not None:
+            q, nbytes = _core_linear(m, fmt, *core)
+        else:
+            q = QuantLinear.from_linear(m, fmt)
+            nbytes = q.quantized_bytes()
         parent_name, _, child = name.rpartition(".")
         parent = dit.get_submodule(parent_name) if parent_name else dit
         setattr(parent, child, q)
         stats["quantized_layers"] += 1
         stats["quantized_params"] += m.weight.numel()
         stats["source_bytes"] += m.weight.numel() * m.weight.element_size()
-        stats["quantized_bytes"] += q.quantized_bytes()
+        stats["quantized_bytes"] += nbytes
     stats["bytes_per_param"] = stats["quantized_bytes"] / max(1, stats["quantized_params"])
     return stats
 
@@ -133,30 +199,55 @@ def _clone_onto(patcher, new_model):
     return n
 
 
-def quantized_patcher(patcher, fmt: str, preset: str = "auto", exclude: str = ""):
-    """A clone of `patcher` over a copy of its model whose denoiser linears are quantized."""
+def _is_quantized(m) -> bool:
+    if isinstance(m, QuantLinear):
+        return True
+    w = getattr(m, "weight", None)
+    return w is not None and type(w).__name__ == "QuantizedTensor" or type(getattr(w, "data", None)).__name__ == "QuantizedTensor"
+
+
+def quantized_patcher(patcher, fmt: str, preset: str = "auto", exclude: str = "", backend: str = "auto"):
+    """A clone of `patcher` over a copy of its model whose denoiser linears are quantized.
+
+    backend: `core` builds the runtime's own quantized layers (current ComfyUI), `modelsmith` the
+    pack's QuantLinear (any ComfyUI), `auto` core where the runtime has it."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}")
     dit = getattr(patcher.model, "diffusion_model", None)
     if dit is None:
         raise ValueError("this MODEL has no diffusion_model to quantize")
-    if any(isinstance(m, QuantLinear) for m in dit.modules()):
-        raise ValueError("this MODEL is already quantized by Modelsmith; connect the loader's MODEL instead")
+    if any(_is_quantized(m) for m in dit.modules()):
+        raise ValueError("this MODEL is already quantized; connect the loader's full-precision MODEL instead")
     family = family_of(patcher)
     if preset == "auto":
         preset = preset_for(family)
     patterns = list(PRESETS.get(preset, [])) if preset not in (None, "none") else []
     patterns += parse_exclude(exclude)
     new_model = _copy_sharing_storage(patcher)
-    stats = quantize_denoiser(new_model.diffusion_model, fmt, patterns)
+    disabled = core_quant_ops(fmt, patcher.load_device) if backend in ("auto", "core") else None
+    if backend == "core" and disabled is None:
+        raise ValueError("this ComfyUI has no quantized-tensor layers (comfy.quant_ops) for " + fmt)
+    core = None
+    if disabled is not None:
+        compute = getattr(new_model, "manual_cast_dtype", None) or new_model.get_dtype()
+        if compute not in (torch.float32, torch.float16, torch.bfloat16):
+            compute = torch.bfloat16
+        core = (compute, disabled)
+    stats = quantize_denoiser(new_model.diffusion_model, fmt, patterns, core=core)
     if getattr(new_model.diffusion_model, "modelsmith_fp32_residual", False):
         from .anima import enable_fp32_residual
         enable_fp32_residual(new_model.diffusion_model, reinstall=True)
     n = _clone_onto(patcher, new_model)
     if getattr(new_model, "device", None) is None:
         new_model.device = patcher.offload_device
-    stats.update(family=family, preset=preset or "none", format=fmt,
-                 compute=compute_path(fmt, patcher.load_device))
+    if core is not None:
+        native = fmt not in core[1]
+        stats.update(backend="core", compute=("ComfyUI quantized layers, native " if native else
+                                              "ComfyUI quantized layers, emulated (dequantize then matmul) ") + "on "
+                     + str(patcher.load_device))
+    else:
+        stats.update(backend="modelsmith", compute=compute_path(fmt, patcher.load_device))
+    stats.update(family=family, preset=preset or "none", format=fmt)
     return n, stats
 
 

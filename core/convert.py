@@ -60,9 +60,9 @@ class _SafetensorsSource:
 
 
 def open_source(path):
-    from .inspect import PICKLE_EXTS
+    from .safetensors_io import file_format
     path = os.fspath(path)
-    if path.lower().endswith(PICKLE_EXTS):
+    if file_format(path) == "pickle":
         return _PickleSource(path)
     return _SafetensorsSource(path)
 

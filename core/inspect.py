@@ -14,9 +14,8 @@ import statistics
 from . import families as fam
 from .errors import ModelsmithError
 from .files import check_regular_file
-from .safetensors_io import FLOAT_DTYPES, read_header, read_tensor_bytes, decode_floats
+from .safetensors_io import FLOAT_DTYPES, PICKLE_EXTS, decode_floats, file_format, read_header, read_tensor_bytes
 
-PICKLE_EXTS = (".ckpt", ".pt", ".pth", ".bin")
 SAFETENSORS_EXTS = (".safetensors", ".sft")
 MODEL_EXTS = SAFETENSORS_EXTS + PICKLE_EXTS
 
@@ -287,8 +286,7 @@ def inspect_file(path: str | os.PathLike) -> dict:
     if os.path.isdir(path):
         raise ModelsmithError(f"{path}: is a folder; use inspect_dir")
     check_regular_file(path)
-    lower = path.lower()
-    if lower.endswith(PICKLE_EXTS) or _looks_like_pickle(path):
+    if file_format(path) == "pickle":
         from .pickle_guard import load_state_dict_table
         tensors, probe = load_state_dict_table(path, probe_names=tuple(fam.SD2_V_PROBE.values()))
         report = inspect_tensors(tensors, {}, source="pickle", values=probe.get)
@@ -302,15 +300,6 @@ def inspect_file(path: str | os.PathLike) -> dict:
     if header.metadata:
         report["metadata_keys"] = sorted(header.metadata)[:50]
     return report
-
-
-def _looks_like_pickle(path):
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError:
-        return False
-    return head[:2] == b"PK" or head[:1] == b"\x80"
 
 
 def inspect_dir(root: str | os.PathLike):

@@ -22,6 +22,10 @@ PRESETS = {
     "sdxl": [r"(^|\.)input_blocks\.0\.", r"(^|\.)out\.", r"(^|\.)time_embed\.", r"(^|\.)label_emb\.", r"norm"],
 }
 PRESETS["sd1"] = PRESETS["sdxl"]
+# nvfp4 files store weights packed two per byte, so a layer's stored shape is half its logical width.
+# ComfyUI's UNet detection reads the text-context width from `attn2.to_k` (and shapes `to_v` alike):
+# in nvfp4 files these stay in high precision, or core would build the wrong model.
+NVFP4_FILE_KEEP = {"sdxl": [r"(^|\.)attn2\.to_[kv]$"]}
 FORMATS = {"fp8": "float8_e4m3fn", "nvfp4": "nvfp4"}
 
 
@@ -90,6 +94,8 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
     if preset == "auto":
         preset = preset_for(family)
     patterns = list(PRESETS.get(preset, [])) + parse_exclude(exclude)
+    if fmt == "nvfp4" and family in ("sd1", "sd2", "sdxl", "sdxl-refiner"):
+        patterns += NVFP4_FILE_KEEP["sdxl"]
     from .families import find_denoiser
     with Reader(src) as r:
         table = {k: (t.dtype, t.shape) for k, t in r.header.tensors.items()}

@@ -126,6 +126,33 @@ def parse_header_bytes(raw: bytes, data_size: int, path: str = "<bytes>") -> tup
     return tensors, metadata
 
 
+PICKLE_EXTS = (".ckpt", ".pt", ".pth", ".bin")
+
+
+def file_format(path: str | os.PathLike) -> str:
+    """'safetensors' or 'pickle', decided by the content, never by one byte or by the name alone.
+
+    A safetensors file starts with its 8-byte little-endian header length and a JSON header that
+    begins with '{'. When the length is possible for the file's size and byte 8 is '{', the file is
+    safetensors (even when its length bytes happen to begin with 0x80, the pickle PROTO opcode, or
+    with 'PK', as for about one real file in 256); a broken header then gets the safetensors error.
+    Otherwise a zip ('PK') or protocol-2+ pickle (0x80) start, or a pickle extension, means pickle."""
+    path = os.fspath(path)
+    size = check_regular_file(path).st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise ModelsmithError(f"{path}: cannot open ({e.strerror})") from None
+    if len(head) == 9:
+        (n,) = struct.unpack("<Q", head[:8])
+        if 2 <= n <= min(MAX_HEADER_BYTES, size - 8) and head[8:9] == b"{":
+            return "safetensors"
+    if head[:2] == b"PK" or head[:1] == b"\x80":
+        return "pickle"
+    return "pickle" if path.lower().endswith(PICKLE_EXTS) else "safetensors"
+
+
 def read_header(path: str | os.PathLike) -> Header:
     """Read and validate the header of a .safetensors file; reads only the header bytes."""
     path = os.fspath(path)

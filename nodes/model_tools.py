@@ -27,12 +27,15 @@ def output_path(name: str, destination: str, keep_name=False, overwrite=False) -
         name += ".safetensors"
     if destination == "models/checkpoints":
         folder = folder_paths.get_folder_paths("checkpoints")[0]
+    elif destination == "models/diffusion_models":
+        folder = folder_paths.get_folder_paths("diffusion_models")[0]
     elif destination == "output/checkpoints":
         folder = os.path.join(folder_paths.get_output_directory(), "checkpoints")
     else:
         raise ModelsmithError(f"unknown destination {destination!r}")
     os.makedirs(folder, exist_ok=True)
-    roots = [folder_paths.get_output_directory()] + list(folder_paths.get_folder_paths("checkpoints"))
+    roots = [folder_paths.get_output_directory()] + list(folder_paths.get_folder_paths("checkpoints")) + \
+        (list(folder_paths.get_folder_paths("diffusion_models")) if destination == "models/diffusion_models" else [])
     return check_output_path(os.path.join(folder, name), allowed_roots=roots, overwrite=overwrite)
 
 

@@ -8,7 +8,10 @@ import torch
 from ..core.errors import ModelsmithError
 from ..core.quantize import PRESETS
 from ..core.quantize import run_quantize
+from ..core.inspect import inspect_file
 from .model_tools import DESTINATIONS, _progress_bar, output_path
+
+QUANT_DESTINATIONS = ["auto", "models/diffusion_models", *DESTINATIONS]
 
 DECODE_DTYPES = {"auto": None, "fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -75,13 +78,18 @@ class ModelsmithSaveQuantized:
             "preset": (["auto", "anima", "sdxl", "none"], {"default": "auto"}),
             "exclude": ("STRING", {"default": "", "tooltip": "More layers to keep in high precision (comma-separated regex)."}),
             "output_name": ("STRING", {"default": "quantized"}),
-            "destination": (DESTINATIONS, {"default": "output/checkpoints"}),
+            "destination": (QUANT_DESTINATIONS, {"default": "auto", "tooltip":
+                            "auto: a diffusion-model file goes to models/diffusion_models (where core Load "
+                            "Diffusion Model lists it), a checkpoint to output/checkpoints."}),
             "overwrite": ("BOOLEAN", {"default": False}),
         }}
 
     def save(self, model_file, format, preset, exclude, output_name, destination, overwrite):
         folder, _, name = model_file.partition("/")
         src = folder_paths.get_full_path_or_raise(folder, name)
+        if destination == "auto":
+            layout = inspect_file(src).get("layout")
+            destination = "models/diffusion_models" if layout == "diffusion-model" else "output/checkpoints"
         out = output_path(output_name, destination, overwrite=overwrite)
         stats = run_quantize(src, out, fmt=format, preset=preset, exclude=exclude, overwrite=overwrite,
                              progress=_progress_bar())
@@ -92,6 +100,7 @@ class ModelsmithSaveQuantized:
 
 COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 QUANT_DTYPES = {"fp8_e4m3fn": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2", "nvfp4": "nvfp4"}
+QUANT_BACKENDS = {"auto": "auto", "comfyui": "core", "modelsmith": "modelsmith"}
 
 
 def _fp16_accumulation_wrapper(previous=None):
@@ -142,14 +151,20 @@ class ModelsmithModelComputeDtype:
                                                              "(comma-separated regular expressions on layer names)."}),
             "fp16_accumulation": ("BOOLEAN", {"default": False, "tooltip": "cuBLAS fp16 accumulation in matmuls "
                                                                           "(faster on CUDA, torch >= 2.7)."}),
+        }, "optional": {
+            "backend": (list(QUANT_BACKENDS), {"default": "auto", "tooltip":
+                        "Whose quantized layers fp8/nvfp4 use. auto: ComfyUI's own (comfy-kitchen quantized tensors, "
+                        "as for core-loaded quantized files) where this ComfyUI has them, else Modelsmith's. "
+                        "modelsmith: always the pack's layers (any ComfyUI)."}),
         }}
 
-    def apply(self, model, dtype="auto", preset="auto", exclude="", fp16_accumulation=False):
+    def apply(self, model, dtype="auto", preset="auto", exclude="", fp16_accumulation=False, backend="auto"):
         from ..compat.quantized import family_of, quantized_patcher
         lines = []
         if dtype in QUANT_DTYPES:
             try:
-                m, st = quantized_patcher(model, QUANT_DTYPES[dtype], preset=preset, exclude=exclude)
+                m, st = quantized_patcher(model, QUANT_DTYPES[dtype], preset=preset, exclude=exclude,
+                                          backend=QUANT_BACKENDS[backend])
             except ValueError as e:
                 raise ModelsmithError(str(e)) from e
             lines.append(f"{dtype}: {st['quantized_layers']} linear layers quantized "

@@ -128,3 +128,35 @@ def test_save_quantized_node_over_http(server, mid_sd1_unet, output_dir):
     hist = server.queue_and_wait(g)
     assert hist["status"]["status_str"] == "success", hist["status"]
     assert inspect_file(output_dir / "checkpoints" / "mid_sd1_nvfp4_node.safetensors")["precision"] == "nvfp4"
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "nvfp4"])
+def test_save_quantized_into_diffusion_models_then_core_unet_loader_samples(comfy, mid_sd1_unet, models_dir, fmt):
+    """Save Quantized with destination auto puts a denoiser-only file into models/diffusion_models, where
+    core Load Diffusion Model (UNETLoader) lists it; core loads it into its own quantized layers and
+    KSampler samples it. nvfp4 needs a ComfyUI that reads nvfp4 files (0.29; 0.3.75 reads fp8 only)."""
+    import comfy.quant_ops
+    import folder_paths
+    import nodes
+    if fmt == "nvfp4" and "nvfp4" not in getattr(comfy.quant_ops, "QUANT_ALGOS", {}):
+        pytest.skip("ComfyUI 0.3.75 reads only fp8 quantized files; nvfp4 is tested on 0.29")
+    from modelsmith.nodes.precision import ModelsmithSaveQuantized
+    name = f"mid_sd1_{fmt}_saved"
+    out = ModelsmithSaveQuantized().save(f"diffusion_models/{mid_sd1_unet.name}", fmt, "auto", "", name, "auto",
+                                         False)["result"][0]
+    try:
+        assert out.startswith(folder_paths.get_folder_paths("diffusion_models")[0])
+        assert f"{name}.safetensors" in folder_paths.get_filename_list("diffusion_models")
+        model = nodes.NODE_CLASS_MAPPINGS["UNETLoader"]().load_unet(f"{name}.safetensors", "default")[0]
+        qt = [m for m in model.model.diffusion_model.modules() if type(getattr(m, "weight", None)).__name__ == "QuantizedTensor"]
+        assert qt, "core built no quantized layers from the file"
+        g = torch.Generator().manual_seed(1)
+        cond = [[torch.randn(1, 77, 768, generator=g), {}]]
+        latent = {"samples": torch.zeros(1, 4, 16, 16)}
+        (res,) = nodes.common_ksampler(model, 7, 2, 3.0, "euler", "normal", cond, cond, latent)
+        assert res["samples"].shape == (1, 4, 16, 16) and torch.isfinite(res["samples"]).all()
+        assert res["samples"].std() > 0
+    finally:
+        import os
+        if os.path.exists(out):
+            os.unlink(out)

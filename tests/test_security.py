@@ -299,3 +299,37 @@ def test_sd2_pickle_v_or_eps_from_the_probe_tensor(tmp_path, std, expected):
     rep = inspect_file(tmp_path / "sd2.ckpt")
     assert (rep["family"], rep["prediction"]) == ("sd2", expected)
     assert rep["recommended"]["width"] == (768 if expected == "v" else 512)
+
+
+def _safetensors_with_header_length(path, low_bytes: bytes):
+    """A valid safetensors file (one tensor) whose 8-byte header length starts with `low_bytes`,
+    reached by padding the JSON header with spaces, as the format allows."""
+    import json as _json
+    import struct as _struct
+    data = b"\x00" * 8
+    header = _json.dumps({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}).encode()
+    want = int.from_bytes(low_bytes, "little")
+    mod = 256 ** len(low_bytes)
+    n = len(header) + ((want - len(header)) % mod)
+    path.write_bytes(_struct.pack("<Q", n) + header + b" " * (n - len(header)) + data)
+    assert path.read_bytes()[: len(low_bytes)] == low_bytes
+    return path
+
+
+@pytest.mark.parametrize("name,low", [("proto.safetensors", b"\x80"), ("zip.safetensors", b"PK"),
+                                      ("plain.sft", b"\x40"), ("proto.sft", b"\x80")])
+def test_valid_safetensors_is_never_sniffed_as_a_pickle(tmp_path, name, low):
+    """About one real file in 256 has a header length whose first byte is 0x80 (pickle PROTO) or whose
+    first bytes are 'PK' (zip); those files, and any with ComfyUI's .sft extension, are safetensors."""
+    import safetensors.torch
+    from modelsmith.core.convert import run_convert
+    from modelsmith.core.inspect import inspect_file
+    from modelsmith.core.safetensors_io import file_format
+    p = _safetensors_with_header_length(tmp_path / name, low)
+    assert list(safetensors.torch.load_file(str(p))) == ["w"]  # the reference reader takes it
+    assert file_format(p) == "safetensors"
+    rep = inspect_file(p)
+    assert rep["file"]["format"] == "safetensors"
+    out = tmp_path / "out.safetensors"
+    run_convert(str(p), str(out), dtype="fp16")
+    assert safetensors.torch.load_file(str(out))["w"].dtype == torch.float16
