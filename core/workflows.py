@@ -135,6 +135,8 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
         for name in _input_order(info):
             type_, opts = _spec(info, name)
             if _is_widget(type_, opts) and name not in linked:
+                if not values and name in info["input"].get("optional", {}):
+                    continue  # a graph saved before this optional input existed: ComfyUI uses its default
                 inputs[name] = values.pop(0)
                 if _has_control(name, type_, opts):
                     values.pop(0)
