@@ -8,7 +8,11 @@ tensor storage, all layers, as a GPU load would move it), bytes per parameter of
 layers, the output's cosine similarity to the bf16-weight model, and CPU seconds per denoiser call
 (interleaved, 7 rounds, medians; on the CPU ComfyUI computes bf16 weights in fp32). Targets: <= 1.02
 (fp8) and <= 0.57 (nvfp4) bytes/param for quantized layers. With a CUDA GPU it also prints fp8 vs
-bf16 linear throughput (the layer's native path vs a bf16 nn.Linear)."""
+bf16 linear throughput (the layer's native path vs a bf16 nn.Linear).
+
+On a runtime with its own quantized-tensor layers (ComfyUI 0.29: comfy-kitchen QuantizedTensor in
+`mixed_precision_ops`), part 2 measures both backends of the node side by side (backend=comfyui and
+backend=modelsmith) and prints their memory and CPU-time ratios. `--tiny-only` runs part 2 alone."""
 import statistics
 import sys
 import time
@@ -49,13 +53,25 @@ def main(rounds=9):
               f"speed-up {mt / mo:4.2f}x   bit-identical {same}")
 
 
+def _tensor_parts(t):
+    """The tensors that hold `t`'s bytes (a comfy-kitchen QuantizedTensor: its data and scales)."""
+    if type(t).__name__ == "QuantizedTensor":
+        p = t._params
+        return [x for x in (t._qdata, getattr(p, "scale", None), getattr(p, "block_scale", None)) if torch.is_tensor(x)]
+    return [t]
+
+
 def model_bytes(patcher):
     seen, total = set(), 0
-    for t in patcher.model.diffusion_model.state_dict().values():
-        st = t.untyped_storage()
-        if st.data_ptr() not in seen:
-            seen.add(st.data_ptr())
-            total += st.nbytes()
+    for m in patcher.model.diffusion_model.modules():
+        for t in list(m._parameters.values()) + list(m._buffers.values()):
+            if t is None:
+                continue
+            for part in _tensor_parts(t.data if isinstance(t, torch.nn.Parameter) else t):
+                st = part.untyped_storage()
+                if st.data_ptr() not in seen:
+                    seen.add(st.data_ptr())
+                    total += st.nbytes()
     return total
 
 
@@ -96,32 +112,45 @@ def tiny_models(rounds=7):
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))
     import precision_models as pm
     from modelsmith.nodes.precision import ModelsmithModelComputeDtype
+    from modelsmith.compat.quantized import core_quant_ops
     node = ModelsmithModelComputeDtype()
+    backends = ["modelsmith"] + (["comfyui"] if core_quant_ops("float8_e4m3fn", "cpu") is not None else [])
+    print(f"runtime quantization backends measured side by side: {', '.join(backends)}"
+          + ("" if len(backends) > 1 else " (this ComfyUI has no quantized-tensor layers)"))
     for family, base in (("sdxl", pm.sdxl_bf16()), ("anima", pm.anima_bf16(blocks=8))):
         models = {"bf16": base}
         stats = {}
         for dt in ("fp8_e4m3fn", "nvfp4"):
-            m, report = node.apply(base, dt)["result"]
-            models[dt] = m
-            stats[dt] = report
+            for be in backends:
+                m, report = node.apply(base, dt, backend=be)["result"]
+                models[(dt, be)] = m
+                stats[(dt, be)] = report
         ref = pm.denoise(base, family)
         times = {k: [] for k in models}
         outs = {}
         for _ in range(rounds):
             for name, m in models.items():
-                t = time.perf_counter()
+                t = time.process_time()
                 outs[name] = pm.denoise(m, family)
-                times[name].append(time.perf_counter() - t)
+                times[name].append(time.process_time() - t)
         b0 = model_bytes(base)
-        print(f"== tiny {family}: bf16 denoiser {b0 / 2**20:.2f} MiB, {statistics.median(times['bf16']) * 1000:.1f} ms/call")
-        for dt in ("fp8_e4m3fn", "nvfp4"):
-            b = model_bytes(models[dt])
-            print(f"  {dt:10} {b / 2**20:6.2f} MiB ({b / b0:.3f}x of bf16)  cosine {pm.cosine(ref, outs[dt]):.5f}  "
-                  f"{statistics.median(times[dt]) * 1000:.1f} ms/call ({statistics.median(times[dt]) / statistics.median(times['bf16']):.2f}x bf16)")
-            print(f"             {stats[dt]}")
+        t0 = statistics.median(times["bf16"])
+        print(f"== tiny {family}: bf16 denoiser {b0 / 2**20:.2f} MiB, {t0 * 1000:.1f} ms CPU/call")
+        for key in [k for k in models if k != "bf16"]:
+            dt, be = key
+            b = model_bytes(models[key])
+            tm = statistics.median(times[key])
+            print(f"  {dt:10} {be:10} {b / 2**20:6.2f} MiB ({b / b0:.3f}x of bf16)  cosine {pm.cosine(ref, outs[key]):.5f}  "
+                  f"{tm * 1000:.1f} ms CPU/call ({tm / t0:.2f}x bf16)")
+        if len(backends) > 1:
+            for dt in ("fp8_e4m3fn", "nvfp4"):
+                a, c = (dt, "comfyui"), (dt, "modelsmith")
+                print(f"  {dt}: ComfyUI layers / Modelsmith layers: memory {model_bytes(models[a]) / model_bytes(models[c]):.3f}x, "
+                      f"CPU time {statistics.median(times[a]) / statistics.median(times[c]):.2f}x")
     gpu_linear_throughput()
 
 
 if __name__ == "__main__":
-    main()
+    if "--tiny-only" not in sys.argv:
+        main()
     tiny_models()

@@ -5,7 +5,12 @@
 # runtime_dirs NAME sets COMFY and VENV (absolute paths) or fails with a sentence.
 ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 ALL_RUNTIMES="0.3.75 0.29"
-COMFY_029_ARCHIVE=${COMFY_029_ARCHIVE:-$ROOT/../shared/runtimes/comfyui-0.29.0.tar.gz}
+if [ -z "${COMFY_029_ARCHIVE:-}" ]; then
+  for c in "$ROOT/../shared/runtimes/comfyui-0.29.0.tar.gz" "/work/shared/runtimes/comfyui-0.29.0.tar.gz"; do
+    if [ -f "$c" ]; then COMFY_029_ARCHIVE=$c; break; fi
+  done
+  COMFY_029_ARCHIVE=${COMFY_029_ARCHIVE:-$ROOT/../shared/runtimes/comfyui-0.29.0.tar.gz}
+fi
 
 default_runtimes() {  # what `make test` covers: the user's ComfyUI when named, else both
   if [ -n "${COMFYUI_PATH:-}" ]; then echo user; else echo "$ALL_RUNTIMES"; fi

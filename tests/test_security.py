@@ -333,3 +333,101 @@ def test_valid_safetensors_is_never_sniffed_as_a_pickle(tmp_path, name, low):
     out = tmp_path / "out.safetensors"
     run_convert(str(p), str(out), dtype="fp16")
     assert safetensors.torch.load_file(str(out))["w"].dtype == torch.float16
+
+
+def _numpy_crash_pickle() -> bytes:
+    """Only allowlisted numpy reconstruction: numpy.dtype('f8') whose BUILD state adds an object
+    field, then numpy's scalar(dtype, raw bytes): unguarded, numpy reads the bytes as a PyObject
+    pointer and the process dies with SIGSEGV. Opcodes torch's weights_only unpickler accepts."""
+    import pickle as p
+
+    def glob(mod, name):
+        return p.GLOBAL + f"{mod}\n{name}\n".encode()
+
+    def u(text):
+        return p.BINUNICODE + struct.pack("<I", len(text)) + text.encode()
+
+    def dtype(code):
+        return glob("numpy", "dtype") + u(code) + p.NEWFALSE + p.NEWTRUE + p.TUPLE3 + p.REDUCE
+
+    out = p.PROTO + b"\x02" + glob("numpy.core.multiarray", "scalar") + dtype("f8")
+    # state: (3, "|", None, ("a",), {"a": (dtype("O"), 0)}, 8, 1, 0x1d: refcounted, pointer, init, pyapi)
+    out += p.MARK + p.BININT1 + b"\x03" + u("|") + p.NONE + u("a") + p.TUPLE1
+    out += p.EMPTY_DICT + u("a") + dtype("O8") + p.BININT1 + b"\x00" + p.TUPLE2 + p.SETITEM
+    out += p.BININT1 + b"\x08" + p.BININT1 + b"\x01" + p.BININT1 + b"\x1d" + p.TUPLE + p.BUILD
+    out += glob("_codecs", "encode") + u("A" * 8) + u("latin1") + p.TUPLE2 + p.REDUCE  # raw bytes, as numpy pickles them
+    out += p.TUPLE2 + p.REDUCE + p.STOP
+    return out
+
+
+@pytest.mark.parametrize("ext", [".ckpt", ".pt"])
+def test_numpy_object_dtype_pickle_cannot_crash_the_process(tmp_path, ext):
+    """Run in a child process so a crash is a failure, not the end of the test run."""
+    path = tmp_path / f"crash{ext}"
+    raw = _numpy_crash_pickle()
+    import zipfile as zf
+    with zf.ZipFile(path, "w") as z:  # torch's zip layout around the pickle
+        z.writestr("archive/data.pkl", raw)
+        z.writestr("archive/version", "3\n")
+        z.writestr("archive/byteorder", "little")
+    r = subprocess.run([sys.executable, "-m", "modelsmith", "inspect", str(path)], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr and "numpy.dtype(" in r.stderr  # refused, not built
+
+
+def test_benign_numpy_metadata_loads_as_plain_values(tmp_path):
+    """Real checkpoints' numpy metadata (scalars, small float/int arrays) still loads; it comes back
+    as plain numbers / arrays of plain numbers."""
+    import numpy as np
+    from modelsmith.core.pickle_guard import guarded_load
+    obj = {"state_dict": _good_sd(), "epoch": np.int64(5), "loss": np.float32(0.25), "flag": np.bool_(True),
+           "hist": np.arange(6, dtype=np.float64).reshape(2, 3), "be": np.array([1, 2], dtype=">i4")}
+    torch.save(obj, tmp_path / "np.ckpt")
+    got = guarded_load(tmp_path / "np.ckpt")
+    assert got["epoch"] == 5 and got["loss"] == 0.25 and got["flag"] is True
+    assert got["hist"].array.tolist() == [[0, 1, 2], [3, 4, 5]] and got["be"].array.tolist() == [1, 2]
+    obj = {"state_dict": _good_sd(), "bad": np.array([object()], dtype=object)}
+    torch.save(obj, tmp_path / "obj.ckpt")
+    with pytest.raises(Exception, match="numpy"):
+        guarded_load(tmp_path / "obj.ckpt")
+
+
+def test_numpy_guard_holds_inside_comfyui_and_leaves_its_allowlist(comfy, tmp_path):
+    """ComfyUI adds numpy's real dtype/scalar to torch's process-wide allowlist at import; the pack's
+    loads still use only its checked entries, and ComfyUI's entries are back afterwards. The load
+    runs in a child process so that a crash would show as a failure."""
+    import torch.serialization as ser
+    before = list(ser.get_safe_globals())
+    assert any(getattr(g, "__name__", "") == "dtype" for g in before)  # ComfyUI's own additions
+    path = tmp_path / "crash.ckpt"
+    import zipfile as zf
+    with zf.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", _numpy_crash_pickle())
+        z.writestr("archive/version", "3\n")
+        z.writestr("archive/byteorder", "little")
+    code = ("import sys; sys.path[:0] = [sys.argv[2]]; from comfy_env import import_comfy; import_comfy(); "
+            "import comfy.utils; from modelsmith.core.pickle_guard import guarded_load\n"
+            "try:\n guarded_load(sys.argv[1])\nexcept Exception as e:\n print(type(e).__name__, e); sys.exit(3)")
+    r = subprocess.run([sys.executable, "-c", code, str(path), os.path.dirname(__file__)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 3 and "numpy.dtype(" in r.stdout, (r.returncode, r.stdout[-800:], r.stderr[-800:])
+    from modelsmith.core.pickle_guard import guarded_load
+    with pytest.raises(UnsafePickleError):
+        guarded_load(path)
+    def ids(entries):
+        return sorted(map(repr, entries))
+    assert ids(ser.get_safe_globals()) == ids(before)
+
+
+def test_refusals_never_suggest_disabling_the_guard(tmp_path):
+    """A refusal says nothing ran and to get a safetensors file; it never repeats torch's advice to
+    re-run with weights_only=False (the pickle here uses an opcode torch's unpickler refuses)."""
+    import pickle as p
+    path = tmp_path / "odd.ckpt"
+    path.write_bytes(p.PROTO + b"\x02" + p.BINBYTES + struct.pack("<I", 3) + b"abc" + p.STOP)
+    with pytest.raises(ModelsmithError) as e:
+        load_state_dict(path)
+    msg = str(e.value)
+    assert "weights_only" not in msg and "will likely succeed" not in msg
+    assert "Nothing from it was executed" in msg and "safetensors" in msg
