@@ -128,6 +128,11 @@ def fp16_accumulation_support(device) -> str | None:
     return None
 
 
+def _core_has_model_compute_dtype() -> bool:
+    import nodes as comfy_nodes
+    return "ModelComputeDtype" in getattr(comfy_nodes, "NODE_CLASS_MAPPINGS", {})
+
+
 class ModelsmithModelComputeDtype:
     DESCRIPTION = ("Sets how the denoiser computes. fp32/fp16/bf16 set the compute dtype (fp16 on Anima keeps the "
                    "residual stream in fp32, so it does not overflow). fp8_e4m3fn/fp8_e5m2/nvfp4 quantize the linear "
@@ -181,6 +186,8 @@ class ModelsmithModelComputeDtype:
                     dit = model.model.diffusion_model
                     note = (" (Anima: residual stream kept in fp32 by Modelsmith)"
                             if getattr(dit, "modelsmith_fp32_residual", False) else " (Anima: ComfyUI's own fp16 handling)")
+                if _core_has_model_compute_dtype():
+                    note += " (what core Model Compute Dtype does, which this ComfyUI has)"
                 lines.append(f"compute dtype {dtype}{note}")
             else:
                 current = getattr(model.model, "manual_cast_dtype", None) or model.model.get_dtype()

@@ -449,3 +449,19 @@ def test_fp16_accumulation_wrapper_keeps_the_previous_wrapper():
     out = _fp16_accumulation_wrapper(previous)(lambda x, t, **c: x + t, {"input": torch.ones(2), "timestep": 1.0, "c": {}})
     assert torch.equal(out, torch.full((2,), 4.0)) and seen == [True]
     assert getattr(flag, "allow_fp16_accumulation", False) == before
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+def test_compute_dtypes_match_core_model_compute_dtype_where_core_has_it(models, comfy, dtype):
+    """On a ComfyUI with core ModelComputeDtype (0.29) the pack's fp32/fp16/bf16 do exactly what the
+    core node does (same denoiser output bit for bit) and the report says so; 0.3.75 has no such node."""
+    import nodes
+    import precision_models as pm
+    from modelsmith.nodes.precision import ModelsmithModelComputeDtype
+    if "ModelComputeDtype" not in nodes.NODE_CLASS_MAPPINGS:
+        pytest.skip("ComfyUI 0.3.75 has no core ModelComputeDtype")
+    base, _ = models["sdxl"]
+    ours, report = ModelsmithModelComputeDtype().apply(base, dtype)["result"]
+    core = nodes.NODE_CLASS_MAPPINGS["ModelComputeDtype"]().patch(base, dtype)[0]
+    assert torch.equal(pm.denoise(ours, "sdxl"), pm.denoise(core, "sdxl"))
+    assert "core Model Compute Dtype" in report
