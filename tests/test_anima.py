@@ -248,3 +248,48 @@ def test_turbo_is_8_steps_at_cfg_1(comfy, anima_files):
     assert torch.equal(turbo, plain) and not torch.equal(turbo, other)
     assert turbo.shape == (1, 16, 1, 4, 4)
 
+
+
+@pytest.fixture(scope="module")
+def native_files(comfy, models_dir, native_shaped_dit):
+    import safetensors.torch
+    import tiny_anima
+    dm = models_dir / "diffusion_models" / "anima-native-shaped.safetensors"
+    te = models_dir / "text_encoders" / "qwen3_1024_tiny.safetensors"
+    safetensors.torch.save_file(native_shaped_dit, str(dm))
+    safetensors.torch.save_file(tiny_anima.te_state_dict(seed=5, hidden=1024, dtype=torch.bfloat16), str(te))
+    if not (models_dir / "vae" / "qwen_image_vae.safetensors").exists():
+        tiny_anima.save(models_dir)
+    yield dm.name, te.name, "qwen_image_vae.safetensors"
+    dm.unlink(missing_ok=True)
+    te.unlink(missing_ok=True)
+
+
+@pytest.mark.skipif("not __import__('comfy.supported_models').supported_models.__dict__.get('Anima')",
+                    reason="native Anima only on current ComfyUI (0.29); 0.3.75 has none")
+def test_anima_loader_node_0_29_uses_native_anima_and_samples(run_graph, native_files, output_dir):
+    """The Anima loader on 0.29: core's native Anima at the file's depth (3 blocks), its report saying
+    so, and a 2-step sample through the Anima Sampler to an image."""
+    import comfy.ldm.anima.model
+    import nodes
+    import numpy as np
+    from PIL import Image
+    model, clip, vae, settings = nodes.NODE_CLASS_MAPPINGS["ModelsmithAnimaLoader"]().load(*native_files, "auto")
+    assert type(model.model.diffusion_model) is comfy.ldm.anima.model.Anima
+    assert len(model.model.diffusion_model.blocks) == 3 and settings["backend"] == "native"
+    assert "ComfyUI's native Anima, 3 blocks" in settings["report"]
+    executor, _ = run_graph(_graph(*native_files))
+    img = executor.history_result["outputs"]["3"]["images"][0]
+    arr = np.asarray(Image.open(output_dir / img["subfolder"] / img["filename"]))
+    assert arr.shape == (64, 64, 3) and arr.std() > 0
+
+
+def test_anima_loader_refuses_a_text_encoder_of_another_width(comfy, anima_files, native_files):
+    """A 64-wide Qwen3 with a DiT whose adapter reads 1024-wide states (and the reverse): one clear
+    error naming both widths, before anything is built."""
+    import nodes
+    loader = nodes.NODE_CLASS_MAPPINGS["ModelsmithAnimaLoader"]()
+    with pytest.raises(Exception, match=r"64-wide text encoder.*reads 1024-wide"):
+        loader.load(native_files[0], FILES[1], FILES[2])
+    with pytest.raises(Exception, match=r"1024-wide text encoder.*reads 64-wide"):
+        loader.load(FILES[0], native_files[1], FILES[2])

@@ -29,10 +29,13 @@ def dit_state_dict(seed=0, blocks=2, adapter=None, dtype=torch.float32):
     return {"net." + k: v.detach().to(dtype).contiguous() for k, v in m.state_dict().items()}
 
 
-def te_state_dict(seed=1):
+def te_state_dict(seed=1, hidden=None, dtype=torch.float32):
+    """A tiny Qwen3 (2 layers); `hidden=1024` makes it as wide as the real 0.6B, which core's fixed
+    Anima adapter reads (the full 151936-token vocabulary makes that one 155 M parameters)."""
     import comfy.ops
     from modelsmith.compat.anima import Qwen3Small
-    m = Qwen3Small(LLM, torch.float32, "cpu", comfy.ops.disable_weight_init)
+    cfg = dict(LLM, hidden_size=hidden) if hidden else LLM
+    m = Qwen3Small(cfg, dtype, "cpu", comfy.ops.disable_weight_init)
     tiny.randomize(m, seed)
     return {k: v.detach().clone().contiguous() for k, v in m.state_dict().items()}
 
