@@ -265,22 +265,19 @@ def split_quantized(sd: dict, metadata: dict | None = None, prefix: str = "") ->
     `_quantization_metadata` header (which names layers without the file's key `prefix`). In the returned dict a quantized layer has `weight` (stored
     form), `weight_scale` (fp32 scalar, or row-major E4M3 block scales for nvfp4) and
     `weight_scale_2`; `comfy_quant` and `input_scale` are gone. Unknown formats are refused."""
-    import json
-
+    from ..core.safetensors_io import quant_format_of, small_json_object
     from ..kernels import nvfp4 as k_nvfp4
     layers = {}
     if metadata and metadata.get("_quantization_metadata"):
-        try:
-            for layer, conf in json.loads(metadata["_quantization_metadata"]).get("layers", {}).items():
-                layers[layer] = conf.get("format")
-        except (ValueError, AttributeError) as e:
-            raise ModelsmithError(f"unreadable _quantization_metadata: {e}") from e
+        entries = small_json_object(metadata["_quantization_metadata"], "_quantization_metadata").get("layers", {})
+        if not isinstance(entries, dict):
+            raise ModelsmithError("_quantization_metadata: 'layers' is not an object")
+        for layer, conf in entries.items():
+            layers[layer] = quant_format_of(conf) or repr(conf)[:60]
     for k in sd:
         if k.endswith(".comfy_quant"):
-            try:
-                layers[k[: -len(".comfy_quant")]] = json.loads(bytes(sd[k].to(torch.uint8).tolist()).decode()).get("format")
-            except (ValueError, UnicodeDecodeError, AttributeError) as e:
-                raise ModelsmithError(f"{k}: unreadable comfy_quant: {e}") from e
+            conf = small_json_object(bytes(sd[k].to(torch.uint8).flatten().tolist()), k, max_bytes=1 << 16)
+            layers[k[: -len(".comfy_quant")]] = quant_format_of(conf) or repr(conf.get("format"))[:60]
     resolved = {}
     for layer, fmt in layers.items():
         full = next((f for f in (layer, prefix + layer) if f + ".weight" in sd), None)

@@ -66,7 +66,18 @@ def find_denoiser(tensors: dict):
 
 
 def detect_family(d: dict, layout: str):
-    """family, variant, details for the denoiser table d (names without prefix)."""
+    """family, variant, details for the denoiser table d (names without prefix).
+
+    A decisive key whose shape has the wrong rank for its family (a 1-D conv weight, a 0-d
+    projection) matches no family: the signatures read dimensions, and a shape without them is
+    not that architecture."""
+    try:
+        return _detect_family(d, layout)
+    except (IndexError, TypeError, ZeroDivisionError) as e:
+        return "unknown", None, {"shape_mismatch": f"{type(e).__name__}: {e}"}
+
+
+def _detect_family(d: dict, layout: str):
     info = {}
     if layout == "diffusers" and "conv_in.weight" in d:
         return _detect_diffusers_unet(d, info)

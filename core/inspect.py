@@ -14,7 +14,8 @@ import statistics
 from . import families as fam
 from .errors import ModelsmithError
 from .files import check_regular_file
-from .safetensors_io import FLOAT_DTYPES, PICKLE_EXTS, decode_floats, file_format, read_header, read_tensor_bytes
+from .safetensors_io import (FLOAT_DTYPES, PICKLE_EXTS, decode_floats, file_format, quant_format_of, read_header,
+                             read_tensor_bytes, small_json_object)
 
 SAFETENSORS_EXTS = (".safetensors", ".sft")
 MODEL_EXTS = SAFETENSORS_EXTS + PICKLE_EXTS
@@ -48,10 +49,11 @@ def _quant_formats(header, den: dict, prefix: str, metadata: dict) -> dict:
     meta = metadata.get("_quantization_metadata")
     if meta:
         try:
-            for layer, conf in json.loads(meta).get("layers", {}).items():
-                formats[layer[len(prefix):] if prefix and layer.startswith(prefix) else layer] = conf.get("format", "?")
-        except (ValueError, AttributeError):
-            pass
+            layers = small_json_object(meta, "_quantization_metadata").get("layers", {})
+        except ModelsmithError:
+            layers = {}
+        for layer, conf in (layers.items() if isinstance(layers, dict) else ()):
+            formats[layer[len(prefix):] if prefix and layer.startswith(prefix) else layer] = quant_format_of(conf) or "?"
     for name, (dtype, shape) in den.items():
         if not name.endswith(".comfy_quant"):
             continue
@@ -59,9 +61,9 @@ def _quant_formats(header, den: dict, prefix: str, metadata: dict) -> dict:
         formats[layer] = "?"
         if header is not None and math.prod(shape) <= 4096:
             try:
-                conf = json.loads(read_tensor_bytes(header, prefix + name, 4096).decode("utf-8"))
-                formats[layer] = conf.get("format", "?")
-            except (ValueError, UnicodeDecodeError, AttributeError, ModelsmithError):
+                conf = small_json_object(read_tensor_bytes(header, prefix + name, 4096), name)
+                formats[layer] = quant_format_of(conf) or "?"
+            except ModelsmithError:
                 pass
     return formats
 

@@ -63,6 +63,59 @@ def _no_duplicates(pairs):
     return out
 
 
+MAX_ENTRIES = 100_000  # tensors in one header: real checkpoints hold a few thousand, big LoRA bundles tens of thousands
+MAX_JSON_DEPTH = 32    # nesting of the small JSON documents inside a file (quantization configs)
+
+
+def json_depth(text: str) -> int:
+    """Deepest nesting of [ and { in a JSON text, strings skipped (linear time, no recursion)."""
+    depth = best = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            depth += 1
+            best = max(best, depth)
+        elif ch in "]}":
+            depth -= 1
+    return best
+
+
+def small_json_object(text, what: str, max_bytes: int = 1 << 20) -> dict:
+    """A JSON object embedded in a file (`_quantization_metadata`, a `comfy_quant` tensor), parsed
+    within bounds: size, nesting depth, an object at the top; else one clear SafetensorsError."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            raise SafetensorsError(f"{what}: not UTF-8 text") from None
+    if not isinstance(text, str) or len(text) > max_bytes:
+        raise SafetensorsError(f"{what}: not a JSON text of at most {max_bytes} bytes")
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise SafetensorsError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels (not a real quantization config)")
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise SafetensorsError(f"{what}: not valid JSON ({str(e)[:80]})") from None
+    if not isinstance(obj, dict):
+        raise SafetensorsError(f"{what}: not a JSON object")
+    return obj
+
+
+def quant_format_of(conf) -> str | None:
+    """The `format` string of one layer's quantization config; None when it is missing or not a string."""
+    fmt = conf.get("format") if isinstance(conf, dict) else None
+    return fmt if isinstance(fmt, str) else None
+
+
 def parse_header_bytes(raw: bytes, data_size: int, path: str = "<bytes>") -> tuple[dict, dict]:
     """Validate a header's JSON bytes against the size of the data that follows it."""
     def bad(msg):
@@ -74,9 +127,13 @@ def parse_header_bytes(raw: bytes, data_size: int, path: str = "<bytes>") -> tup
         raise bad("the header is not UTF-8") from None
     if not text.lstrip().startswith("{"):
         raise bad("the header is not a JSON object")
+    entries = text.count('"data_offsets"')
+    if entries > MAX_ENTRIES:
+        raise bad(f"the header lists {entries:,} tensors; more than {MAX_ENTRIES:,} is refused (real "
+                  f"checkpoints hold a few thousand)")
     try:
         obj = json.loads(text)
-        if isinstance(obj, dict) and text.count('"data_offsets"') != len(obj) - ("__metadata__" in obj):
+        if isinstance(obj, dict) and entries != len(obj) - ("__metadata__" in obj):
             # fewer names than entries: a duplicate name was silently merged; find it exactly
             json.loads(text, object_pairs_hook=_no_duplicates)
     except SafetensorsError as e:

@@ -431,3 +431,65 @@ def test_refusals_never_suggest_disabling_the_guard(tmp_path):
     msg = str(e.value)
     assert "weights_only" not in msg and "will likely succeed" not in msg
     assert "Nothing from it was executed" in msg and "safetensors" in msg
+
+
+def _cli_inspect(path):
+    r = subprocess.run([sys.executable, "-m", "modelsmith", "inspect", str(path)], capture_output=True, text=True,
+                       timeout=120)
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_header_with_too_many_entries_is_refused_quickly(tmp_path):
+    """A header listing more tensors than MAX_ENTRIES is refused by count, before any JSON is built."""
+    import time
+    from modelsmith.core.safetensors_io import MAX_ENTRIES
+    n = MAX_ENTRIES + 1
+    body = ",".join(f'"t{i}":{{"dtype":"U8","shape":[0],"data_offsets":[0,0]}}' for i in range(n))
+    raw = ("{" + body + "}").encode()
+    path = tmp_path / "many.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw)
+    t = time.perf_counter()
+    with pytest.raises(SafetensorsError, match=f"{n:,} tensors"):
+        read_header(path)
+    assert time.perf_counter() - t < 5  # bounded: no per-entry work before the refusal
+    code, out = _cli_inspect(path)
+    assert code == 2 and "Traceback" not in out
+
+
+@pytest.mark.parametrize("case", ["deep_metadata", "deep_comfy_quant", "format_list", "format_object", "layers_list"])
+def test_quantization_configs_of_any_shape_give_a_clear_error_or_are_ignored(comfy, tmp_path, case):
+    """Deeply nested JSON (RecursionError before), or a format that is a list or an object (TypeError
+    before): inspect reports the file, convert and the loaders give one clear error."""
+    import safetensors.torch
+    from modelsmith.compat.quantized import split_quantized
+    deep = "[" * 5000 + "]" * 5000
+    conf = {"deep_comfy_quant": deep, "format_list": json.dumps({"format": ["nvfp4"]}),
+            "format_object": json.dumps({"format": {"x": 1}})}.get(case, json.dumps({"format": "float8_e4m3fn"}))
+    meta = {"deep_metadata": json.dumps({"layers": {"l": {"format": "float8_e4m3fn"}}})[:-1] + ', "x": ' + deep + "}",
+            "layers_list": json.dumps({"format_version": "1.0", "layers": [1, 2]})}.get(case)
+    sd = {"model.diffusion_model.l.weight": torch.zeros(4, 4, dtype=torch.float8_e4m3fn),
+          "model.diffusion_model.l.weight_scale": torch.ones(()),
+          "model.diffusion_model.l.comfy_quant": torch.tensor(list(conf.encode()), dtype=torch.uint8)}
+    path = tmp_path / f"{case}.safetensors"
+    safetensors.torch.save_file(sd, str(path), metadata={"_quantization_metadata": meta} if meta else None)
+    code, out = _cli_inspect(path)
+    assert code in (0, 2) and "Traceback" not in out, out[-1500:]
+    with pytest.raises(ModelsmithError):
+        split_quantized(sd, {"_quantization_metadata": meta} if meta else None, "model.diffusion_model.")
+
+
+@pytest.mark.parametrize("key,shape", [("input_blocks.0.0.weight", (320,)),
+                                       ("input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight", ()),
+                                       ("label_emb.0.0.weight", (1280,))])
+def test_decisive_keys_of_the_wrong_rank_match_no_family(comfy, tmp_path, key, shape):
+    """A decisive key with the wrong rank is reported as matching no family, not an IndexError."""
+    from modelsmith.core.safetensors_io import write_sparse
+    import corpus
+    table = dict(corpus.sd_checkpoint("sdxl", vae=False, te=False))
+    table["model.diffusion_model." + key] = ("F16", shape)
+    path = tmp_path / "rank.safetensors"
+    write_sparse(path, table)
+    code, out = _cli_inspect(path)
+    assert code in (0, 2) and "Traceback" not in out, out[-1500:]
+    rep = inspect_file(path)
+    assert rep["family"] in ("unknown", "sdxl")
