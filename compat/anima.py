@@ -145,7 +145,13 @@ class AnimaDiT(MiniTrainDIT):
     def forward(self, x, timesteps, context, t5xxl_ids=None, t5xxl_weights=None, **kwargs):
         if t5xxl_ids is not None:
             context = adapter_context(self.llm_adapter, context, t5xxl_ids, t5xxl_weights)
-        return super().forward(x, timesteps, context, **kwargs)
+        # latents whose size is not a multiple of the patch (e.g. 200x248 px): padded and cropped back
+        # as current ComfyUI's MiniTrainDIT does itself (0.3.75's asserts instead)
+        import comfy.ldm.common_dit
+        orig = x.shape
+        x = comfy.ldm.common_dit.pad_to_patch_size(x, (self.patch_temporal, self.patch_spatial, self.patch_spatial))
+        out = super().forward(x, timesteps, context, **kwargs)
+        return out[:, :, :orig[-3], :orig[-2], :orig[-1]]
 
 
 class AnimaModel(comfy.model_base.BaseModel):
@@ -357,6 +363,17 @@ class Qwen3Small(llama.BaseLlama, nn.Module):
         self.num_layers = config.num_hidden_layers
         self.model = llama.Llama2_(config, device=device, dtype=dtype, ops=operations)
         self.dtype = dtype
+
+    def forward(self, input_ids, attention_mask=None, *args, **kwargs):
+        # The empty prompt is one pad token with nothing unmasked. Current ComfyUI masks with a
+        # finite minimum, so that lone token attends to itself; 0.3.75 masks with -inf, which gives
+        # NaN everywhere. Unmasking a row that has no visible token gives upstream's result on both.
+        if torch.is_tensor(attention_mask) and attention_mask.ndim == 2:
+            empty = attention_mask.sum(dim=-1) == 0
+            if bool(empty.any()):
+                attention_mask = attention_mask.clone()
+                attention_mask[empty] = 1
+        return self.model(input_ids, attention_mask, *args, **kwargs)
 
 
 def qwen3_config_from_sd(sd: dict, prefix: str = "") -> dict:

@@ -22,8 +22,16 @@ def _norm(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _named(path: Path):
+    """Installed distributions under `path` that have a name (a half-removed one has none)."""
+    for d in metadata.distributions(path=[str(path)]):
+        name = d.metadata["Name"] if d.metadata is not None else None
+        if name:
+            yield _norm(name), d
+
+
 def _closure(src: Path, roots: list[str]) -> dict[str, metadata.Distribution]:
-    dists = {_norm(d.metadata["Name"]): d for d in metadata.distributions(path=[str(src)])}
+    dists = dict(_named(src))
     out: dict[str, metadata.Distribution] = {}
     todo = [_norm(r) for r in roots]
     while todo:
@@ -40,7 +48,7 @@ def _closure(src: Path, roots: list[str]) -> dict[str, metadata.Distribution]:
 
 def main(argv: list[str]) -> int:
     src, dst, roots = Path(argv[1]).resolve(), Path(argv[2]).resolve(), argv[3:]
-    present = {_norm(d.metadata["Name"]) for d in metadata.distributions(path=[str(dst)])}
+    present = {name for name, _ in _named(dst)}
     linked = 0
     for name, dist in sorted(_closure(src, roots).items()):
         if name in present:

@@ -115,6 +115,11 @@ def _native():
     return hasattr(comfy.supported_models, "Anima")
 
 
+def _need_native():
+    if not _native():
+        pytest.skip("native Anima only on current ComfyUI (0.29); 0.3.75 has none")
+
+
 def test_native_anima_is_preferred_where_a_runtime_adds_it_0375_standin(comfy, monkeypatch):
     """On a runtime without Anima (0.3.75), a stand-in entry in the model registry makes the pack
     use native. On a runtime with Anima, native loading is tested for real (tests below)."""
@@ -135,12 +140,11 @@ def native_shaped_dit(comfy):
     return tiny_anima.dit_state_dict(seed=3, blocks=3, adapter=tiny_anima.NATIVE_ADAPTER, dtype=torch.bfloat16)
 
 
-@pytest.mark.skipif("not __import__('comfy.supported_models').supported_models.__dict__.get('Anima')",
-                    reason="native Anima only on current ComfyUI (0.29); 0.3.75 has none")
 def test_native_anima_0_29_builds_the_depth_of_the_file_and_matches_compat(comfy, native_shaped_dit):
     """Core's native Anima built by the pack at the file's depth (core's detection assumes 28 blocks
     for width 2048, and default heads/AdaLN widths otherwise), and the same weights in the compat
     Anima give the same denoiser and adapter outputs (fp32; tolerance 1e-5 relative)."""
+    _need_native()
     import comfy.ldm.anima.model
     from modelsmith.compat import anima
     nat = anima.load_native_anima(dict(native_shaped_dit), torch.float32)
@@ -158,12 +162,15 @@ def test_native_anima_0_29_builds_the_depth_of_the_file_and_matches_compat(comfy
         pb = anima.adapter_context(com.model.diffusion_model.llm_adapter, ctx, ids)
     assert float((a - b).norm() / b.norm()) < 1e-5
     assert pa.shape == pb.shape == (2, 512, 1024) and float((pa - pb).norm() / pb.norm()) < 1e-5
+    odd = torch.randn(2, 16, 1, 25, 31, generator=g)  # 200x248 px: not a multiple of the 2x2 patch
+    with torch.no_grad():
+        a, b = dit(odd, t, ctx, t5xxl_ids=ids), com.model.diffusion_model(odd, t, ctx, t5xxl_ids=ids)
+    assert a.shape == b.shape == odd.shape and float((a - b).norm() / b.norm()) < 1e-5
 
 
-@pytest.mark.skipif("not __import__('comfy.supported_models').supported_models.__dict__.get('Anima')",
-                    reason="native Anima only on current ComfyUI (0.29); 0.3.75 has none")
 def test_native_anima_0_29_refuses_a_truncated_build(comfy, native_shaped_dit, monkeypatch):
     """If the native model ever ends up with fewer blocks than the file, the load is refused."""
+    _need_native()
     from modelsmith.compat import anima
     monkeypatch.setattr(anima, "_DEPTH_KEYS", ("num_heads", "adaln_lora_dim", "crossattn_emb_channels"))
     sd = {k: v for k, v in native_shaped_dit.items()}
@@ -265,11 +272,10 @@ def native_files(comfy, models_dir, native_shaped_dit):
     te.unlink(missing_ok=True)
 
 
-@pytest.mark.skipif("not __import__('comfy.supported_models').supported_models.__dict__.get('Anima')",
-                    reason="native Anima only on current ComfyUI (0.29); 0.3.75 has none")
 def test_anima_loader_node_0_29_uses_native_anima_and_samples(run_graph, native_files, output_dir):
     """The Anima loader on 0.29: core's native Anima at the file's depth (3 blocks), its report saying
     so, and a 2-step sample through the Anima Sampler to an image."""
+    _need_native()
     import comfy.ldm.anima.model
     import nodes
     import numpy as np
@@ -293,3 +299,39 @@ def test_anima_loader_refuses_a_text_encoder_of_another_width(comfy, anima_files
         loader.load(native_files[0], FILES[1], FILES[2])
     with pytest.raises(Exception, match=r"1024-wide text encoder.*reads 64-wide"):
         loader.load(FILES[0], native_files[1], FILES[2])
+
+
+def test_empty_prompt_conditioning_is_finite_and_as_upstream(comfy, anima_files):
+    """The empty prompt (a common empty negative) is one pad token with nothing unmasked: 0.3.75's
+    Llama code turned that into NaN everywhere; upstream (0.29) masks with a finite minimum, so the
+    token attends to itself. The pack gives that result on both runtimes; on 0.29 it is checked
+    against the runtime's own Llama code run with the all-zero mask."""
+    import comfy.text_encoders.llama as llama
+    import nodes
+    _, clip, _, _ = nodes.NODE_CLASS_MAPPINGS["ModelsmithAnimaLoader"]().load(*FILES, "auto")
+    empty = clip.encode_from_tokens_scheduled(clip.tokenize(""))[0][0]
+    assert empty.shape[1] == 1 and torch.isfinite(empty).all() and empty.abs().sum() > 0
+    one = clip.encode_from_tokens_scheduled(clip.tokenize("1girl"))[0][0]
+    assert torch.isfinite(one).all()
+    if hasattr(llama, "Qwen3_06BConfig"):  # 0.29: the runtime's own masking, without the pack's fix
+        te = clip.cond_stage_model.qwen3_06b.transformer
+        ids = torch.tensor([[151643]])
+        with torch.no_grad():
+            raw = te.model(ids, torch.zeros(1, 1, dtype=torch.long), dtype=torch.float32)[0]
+            ours = te(ids, torch.zeros(1, 1, dtype=torch.long), dtype=torch.float32)[0]
+        assert torch.isfinite(raw).all() and torch.allclose(raw, ours, rtol=1e-6, atol=1e-6)
+
+
+def test_latent_sizes_that_are_not_a_multiple_of_the_patch_run(comfy):
+    """A 200x248 px image is a 25x31 latent: not a multiple of the 2x2 patch. The compat DiT pads and
+    crops back as current ComfyUI does (0.3.75 asserted); on 0.29 the native-equivalence test compares it."""
+    import tiny_anima
+    from modelsmith.compat import anima
+    sd = tiny_anima.dit_state_dict(seed=2, blocks=2)
+    m = anima.load_anima_model(dict(sd), torch.float32).model.diffusion_model
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 16, 1, 25, 31, generator=g), torch.tensor([0.4, 0.8])
+    ctx, ids = torch.randn(2, 5, 64, generator=g), torch.randint(0, 32128, (2, 4), generator=g)
+    with torch.no_grad():
+        out = m(x, t, ctx, t5xxl_ids=ids)
+    assert out.shape == x.shape and torch.isfinite(out).all()
