@@ -115,6 +115,11 @@ _KIND_HINTS = {
 }
 
 
+def kind_hint(kind: str | None) -> str:
+    """Which core loader takes a file without a denoiser, as one sentence (empty when unknown)."""
+    return _KIND_HINTS.get(kind, "")
+
+
 def _other_kind(names) -> str | None:
     """What a file without a denoiser most likely is, from its key names alone (a hint, not a contract)."""
     names = list(names)
@@ -170,7 +175,7 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
             report["kind"] = "text-encoder"
         else:
             report["kind"] = _other_kind(names)
-        hint = _KIND_HINTS.get(report.get("kind"), "")
+        hint = kind_hint(report.get("kind"))
         warnings.append("No denoiser (UNet/DiT) found in this file; it is not a checkpoint to sample from." + hint)
 
     if "scaled_fp8" in tensors and den:

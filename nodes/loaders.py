@@ -47,10 +47,13 @@ class ModelsmithInspect:
 def load_checkpoint_file(path: str, report: dict | None = None):
     """(model, clip, vae, report) for a single-file checkpoint, with Modelsmith's fixes."""
     report = report or core_inspect.inspect_file(path)
+    if report["layout"] is None:  # no denoiser: the same hint Inspect gives (VAELoader, LoraLoader, ...)
+        hint = core_inspect.kind_hint(report.get("kind")) or " Load it with the core loader for its kind."
+        raise ModelsmithError(f"{os.path.basename(path)} has no denoiser, so it is not a checkpoint to sample from." + hint)
     if report["layout"] not in ("checkpoint",):
         raise ModelsmithError(
-            f"{os.path.basename(path)} is a {report['family']} {report['layout'] or 'file without a denoiser'}, "
-            f"not a single-file checkpoint: load it with a diffusion-model loader (or the Anima loader).")
+            f"{os.path.basename(path)} is a {report['family']} {report['layout']}, not a single-file checkpoint: "
+            f"load it with a diffusion-model loader (or the Anima loader).")
     if report["file"]["format"] == "pickle":
         sd = guarded_state_dict(path)
         metadata = None

@@ -65,3 +65,21 @@ def test_save_writes_markers_back(comfy, tiny_files, output_dir, run_graph):
     path = executor.history_result["outputs"]["2"]["text"][0]
     rep = inspect_file(path)
     assert (rep["family"], rep["prediction"], rep["ztsnr"]) == ("sdxl", "v", True)
+
+
+@pytest.mark.parametrize("kind,table,loader", [
+    ("vae", {"encoder.conv_in.weight": (128, 3, 3, 3), "decoder.conv_in.weight": (512, 4, 3, 3)}, "VAELoader"),
+    ("lora", {"lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_k.lora_down.weight": (4, 640),
+              "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_k.lora_up.weight": (640, 4)}, "LoraLoader")])
+def test_loader_given_a_vae_or_lora_names_its_core_loader(comfy, models_dir, kind, table, loader):
+    """The checkpoint loader gives the same hint as Inspect for a file without a denoiser (it used to
+    say 'a unknown file ... load it with a diffusion-model loader')."""
+    from modelsmith.core.safetensors_io import write_sparse
+    p = models_dir / "checkpoints" / f"a_{kind}.safetensors"
+    write_sparse(p, {k: ("F16", s) for k, s in table.items()})
+    try:
+        with pytest.raises(Exception, match=loader) as e:
+            _load(comfy, p.name)
+        assert "diffusion-model loader" not in str(e.value) and "unknown" not in str(e.value)
+    finally:
+        p.unlink()
