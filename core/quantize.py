@@ -43,14 +43,61 @@ def preset_for(family: str | None) -> str | None:
     return None
 
 
+MAX_PATTERN_CHARS = 200
+
+
+def _backtracking_risk(parsed) -> str | None:
+    """Why a parsed pattern could backtrack exponentially: a repeat that holds another repeat or an
+    alternation (`(a+)+`, `(a|aa)*`), or a backreference. None when it runs in polynomial time."""
+    import re._parser as sre  # Python's own regex parser: the pattern is judged as the engine sees it
+    repeats = (sre.MAX_REPEAT, sre.MIN_REPEAT) + ((sre.POSSESSIVE_REPEAT,) if hasattr(sre, "POSSESSIVE_REPEAT") else ())
+
+    def children(op, av):
+        if op in repeats:
+            return [av[2]]
+        if op is sre.SUBPATTERN:
+            return [av[3]]
+        if op is sre.BRANCH:
+            return list(av[1])
+        if op in (sre.ASSERT, sre.ASSERT_NOT):
+            return [av[1]]
+        if op is getattr(sre, "ATOMIC_GROUP", None):
+            return [av]
+        return []
+
+    def walk(sub, inside_repeat):
+        for op, av in sub:
+            if op in (sre.GROUPREF, getattr(sre, "GROUPREF_EXISTS", None)):
+                return "a backreference"
+            if inside_repeat and ((op in repeats and av[1] > 1) or op is sre.BRANCH):
+                return "a repeated group that itself repeats or alternates"
+            for child in children(op, av):
+                why = walk(child, inside_repeat or (op in repeats and av[1] > 1))
+                if why:
+                    return why
+        return None
+
+    return walk(parsed, False)
+
+
 def parse_exclude(text: str) -> list[str]:
-    """Comma-separated regular expressions, each checked (a bad one is named, not raised later)."""
+    """Comma-separated regular expressions, each checked (a bad one is named, not raised later).
+
+    Patterns run in bounded time: at most 200 characters, and no construct that backtracks
+    exponentially (a request to the server must not freeze it)."""
+    import re._parser as sre
     patterns = [p.strip() for p in (text or "").split(",") if p.strip()]
     for p in patterns:
+        if len(p) > MAX_PATTERN_CHARS:
+            raise ModelsmithError(f"exclude: a pattern of {len(p)} characters is too long (at most {MAX_PATTERN_CHARS})")
         try:
             re.compile(p)
+            why = _backtracking_risk(sre.parse(p))
         except re.error as e:
             raise ModelsmithError(f"exclude: {p!r} is not a valid regular expression ({e})") from None
+        if why:
+            raise ModelsmithError(f"exclude: {p!r} has {why}, which can take exponential time; write it without "
+                                  f"nesting (e.g. 'attn2\\.to_[kv]' or 'blocks\\.(0|1)\\.')")
     return patterns
 
 

@@ -465,3 +465,16 @@ def test_compute_dtypes_match_core_model_compute_dtype_where_core_has_it(models,
     core = nodes.NODE_CLASS_MAPPINGS["ModelComputeDtype"]().patch(base, dtype)[0]
     assert torch.equal(pm.denoise(ours, "sdxl"), pm.denoise(core, "sdxl"))
     assert "core Model Compute Dtype" in report
+
+
+def test_exclude_patterns_that_backtrack_are_refused_in_bounded_time(models):
+    import time
+    from modelsmith.core.errors import ModelsmithError
+    from modelsmith.nodes.precision import ModelsmithModelComputeDtype
+    t = time.perf_counter()
+    for bad in (r"(a+)+$", r"(attn|attn2)+\.x", r"(.)\1", "a" * 201):
+        with pytest.raises(ModelsmithError, match="exponential|too long"):
+            ModelsmithModelComputeDtype().apply(models["sdxl"][0], "fp8_e4m3fn", exclude=bad)
+    assert time.perf_counter() - t < 10
+    m, report = ModelsmithModelComputeDtype().apply(models["sdxl"][0], "fp8_e4m3fn", exclude=r"attn2\.to_[kv], blocks\.(0|1)\.")["result"]
+    assert "exclude" in report
