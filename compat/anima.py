@@ -218,12 +218,11 @@ def dit_config_from_sd(sd: dict, prefix: str = "net.") -> dict:
 def anima_config(sd: dict, metadata: dict | None = None) -> dict:
     """dit_config_from_sd of a file as stored (prefix `net.` or none; quantized layers at their
     logical shapes)."""
-    from .quantized import logical_shape, split_quantized
+    from .quantized import logical_shape, quantized_layers
     prefix = "net." if any(k.startswith("net.") for k in sd) else ""
-    plain, quantized = split_quantized(sd, metadata, prefix)
-    shapes = dict(plain)
-    for layer, fmt in quantized.items():
-        shapes[layer + ".weight"] = torch.empty(logical_shape(plain, layer, fmt), device="meta")
+    shapes = dict(sd)
+    for layer, fmt in quantized_layers(sd, metadata, prefix).items():
+        shapes[layer + ".weight"] = torch.empty(logical_shape(sd, layer, fmt), device="meta")
     return dit_config_from_sd(shapes, prefix)
 
 
@@ -233,13 +232,10 @@ def load_anima_model(sd: dict, dtype=None, metadata: dict | None = None):
     fp16 compute (fp16 weights or a fp16 compute dtype) goes through the fp32-residual path.
     Files in ComfyUI's quantized format (fp8 / nvfp4 layers with `comfy_quant`, or the
     `_quantization_metadata` header) load their quantized layers as QuantLinear modules."""
-    from .quantized import attach_quantized, logical_shape, split_quantized
+    from .quantized import attach_quantized, split_quantized
     prefix = "net." if any(k.startswith("net.") for k in sd) else ""
+    config = anima_config(sd, metadata)  # the config reads shapes: quantized layers at their logical ones
     sd, quantized = split_quantized(sd, metadata, prefix)
-    shapes = dict(sd)
-    for layer, fmt in quantized.items():  # the config reads shapes: give it the logical ones
-        shapes[layer + ".weight"] = torch.empty(logical_shape(sd, layer, fmt), device="meta")
-    config = dit_config_from_sd(shapes, prefix)
     model_config = AnimaConfig(config)
     load_device = comfy.model_management.get_torch_device()
     params = sum(v.numel() for v in sd.values())
@@ -276,9 +272,10 @@ def native_misfit(config: dict) -> str | None:
     return None
 
 
-def load_native_anima(sd: dict, dtype=None, metadata: dict | None = None):
+def load_native_anima(sd: dict, dtype=None, metadata: dict | None = None, config: dict | None = None):
     """Core's native Anima (model_base.Anima, MixedPrecisionOps for quantized files) built with the
-    block count, heads and widths the tensors have, where core's detection would assume 28 blocks.
+    block count, heads and widths the tensors have, where core's detection would assume 28 blocks
+    (`config`: anima_config of this file, when the caller has it already).
 
     Follows comfy.sd.load_diffusion_model_state_dict step by step (detection, dtype, manual cast,
     weights), with the detected unet_config corrected from the file; every block of the file must
@@ -293,7 +290,7 @@ def load_native_anima(sd: dict, dtype=None, metadata: dict | None = None):
     model_config = comfy.model_detection.model_config_from_unet(sd, "", metadata=metadata)
     if model_config is None or type(model_config).__name__ != "Anima":
         raise ModelsmithError("ComfyUI's own detection does not take this file as Anima")
-    file_config = anima_config(sd, metadata)
+    file_config = config or anima_config(sd, metadata)
     corrected = {k: file_config[k] for k in _DEPTH_KEYS if model_config.unet_config.get(k) != file_config[k]}
     model_config.unet_config.update({k: file_config[k] for k in _DEPTH_KEYS})
     load_device = comfy.model_management.get_torch_device()

@@ -47,10 +47,10 @@ def family_of(patcher) -> str | None:
 
 
 def core_quant_ops(fmt: str, device):
-    """The running ComfyUI's own quantized-layer class for `fmt` (current ComfyUI: comfy-kitchen
+    """Whether the running ComfyUI has its own quantized layers for `fmt` (current ComfyUI: comfy-kitchen
     QuantizedTensor weights in `comfy.ops.mixed_precision_ops` layers, what core builds for quantized
-    files), or None where the runtime lacks it (0.3.x) or cannot carry the format. Formats the
-    device cannot compute natively are marked as core marks them: emulated (dequantize, then matmul)."""
+    files): None where it lacks them (0.3.x) or cannot carry the format, else the set of formats
+    `device` computes emulated (dequantize, then matmul), decided as core decides it."""
     try:
         import comfy.model_management as mm
         import comfy.ops
@@ -61,9 +61,8 @@ def core_quant_ops(fmt: str, device):
             or not hasattr(comfy.ops, "mixed_precision_ops"):
         return None
     disabled = set()
-    checks = {"nvfp4": ("supports_nvfp4_compute", ("nvfp4",)),
-              "fp8": ("supports_fp8_compute", ("float8_e4m3fn", "float8_e5m2"))}
-    for fn, names in checks.values():
+    for fn, names in (("supports_nvfp4_compute", ("nvfp4",)),
+                      ("supports_fp8_compute", ("float8_e4m3fn", "float8_e5m2"))):
         check = getattr(mm, fn, None)
         if check is None or not check(device):
             disabled.update(names)
@@ -73,21 +72,13 @@ def core_quant_ops(fmt: str, device):
 def _core_linear(linear: torch.nn.Linear, fmt: str, compute_dtype, disabled):
     """`linear` as the runtime's own quantized layer, loaded from the pack's quantizer output in
     ComfyUI's file format (weight, weight_scale[, weight_scale_2], comfy_quant) -> (layer, bytes)."""
-    import json
-
     import comfy.ops
 
-    from ..kernels import fp8 as k_fp8
-    from ..kernels import nvfp4 as k_nvfp4
+    from ..core.quantize import comfy_quant_tensor, quantize_layer
     w = linear.weight.detach()
-    if fmt == "nvfp4":
-        q, blocked, s2 = k_nvfp4.quantize(w)
-        sd = {"weight": q, "weight_scale": blocked, "weight_scale_2": s2.reshape(())}
-    else:
-        q, sc = k_fp8.quantize(w, dtype=getattr(torch, fmt))
-        sd = {"weight": q, "weight_scale": sc.reshape(())}
+    sd = quantize_layer(w, fmt)
     nbytes = sum(t.numel() * t.element_size() for t in sd.values())
-    sd["comfy_quant"] = torch.tensor(list(json.dumps({"format": fmt}).encode()), dtype=torch.uint8)
+    sd["comfy_quant"] = comfy_quant_tensor(fmt)
     if linear.bias is not None:
         sd["bias"] = linear.bias.detach()
     ops = comfy.ops.mixed_precision_ops({}, compute_dtype, disabled=disabled)
@@ -200,10 +191,9 @@ def _clone_onto(patcher, new_model):
 
 
 def _is_quantized(m) -> bool:
-    if isinstance(m, QuantLinear):
-        return True
+    """A layer quantized by the pack (QuantLinear) or by ComfyUI (a QuantizedTensor weight)."""
     w = getattr(m, "weight", None)
-    return w is not None and type(w).__name__ == "QuantizedTensor" or type(getattr(w, "data", None)).__name__ == "QuantizedTensor"
+    return isinstance(m, QuantLinear) or type(getattr(w, "data", w)).__name__ == "QuantizedTensor"
 
 
 def quantized_patcher(patcher, fmt: str, preset: str = "auto", exclude: str = "", backend: str = "auto"):
@@ -258,15 +248,10 @@ FILE_FORMATS = {"float8_e4m3fn": "float8_e4m3fn", "float8_e5m2": "float8_e5m2", 
 _AUX = (".comfy_quant", ".weight_scale", ".weight_scale_2", ".input_scale")
 
 
-def split_quantized(sd: dict, metadata: dict | None = None, prefix: str = "") -> tuple[dict, dict]:
-    """(state dict in QuantLinear's form, {layer: format}) of a file's tensors.
-
-    Layers are found by their `comfy_quant` tensor or, for files that only carry it, the
-    `_quantization_metadata` header (which names layers without the file's key `prefix`). In the returned dict a quantized layer has `weight` (stored
-    form), `weight_scale` (fp32 scalar, or row-major E4M3 block scales for nvfp4) and
-    `weight_scale_2`; `comfy_quant` and `input_scale` are gone. Unknown formats are refused."""
+def quantized_layers(sd: dict, metadata: dict | None = None, prefix: str = "") -> dict:
+    """{layer key (with the file's prefix): format} of a file's quantized layers, found by their
+    `comfy_quant` tensor or the `_quantization_metadata` header; unknown formats are refused."""
     from ..core.safetensors_io import quant_format_of, small_json_object
-    from ..kernels import nvfp4 as k_nvfp4
     layers = {}
     if metadata and metadata.get("_quantization_metadata"):
         entries = small_json_object(metadata["_quantization_metadata"], "_quantization_metadata").get("layers", {})
@@ -287,6 +272,18 @@ def split_quantized(sd: dict, metadata: dict | None = None, prefix: str = "") ->
             raise ModelsmithError(f"{full}: quantized format {fmt!r} is not supported here "
                                   f"(supported: {', '.join(FILE_FORMATS)})")
         resolved[full] = FILE_FORMATS[fmt]
+    return resolved
+
+
+def split_quantized(sd: dict, metadata: dict | None = None, prefix: str = "") -> tuple[dict, dict]:
+    """(state dict in QuantLinear's form, {layer: format}) of a file's tensors.
+
+    Layers are found by their `comfy_quant` tensor or, for files that only carry it, the
+    `_quantization_metadata` header (which names layers without the file's key `prefix`). In the returned dict a quantized layer has `weight` (stored
+    form), `weight_scale` (fp32 scalar, or row-major E4M3 block scales for nvfp4) and
+    `weight_scale_2`; `comfy_quant` and `input_scale` are gone. Unknown formats are refused."""
+    from ..kernels import nvfp4 as k_nvfp4
+    resolved = quantized_layers(sd, metadata, prefix)
     out = {k: v for k, v in sd.items() if not (k.endswith(_AUX) and k.rsplit(".", 1)[0] in resolved)}
     for layer, fmt in resolved.items():
         w, s = sd[layer + ".weight"], sd.get(layer + ".weight_scale")

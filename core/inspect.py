@@ -6,7 +6,6 @@ go through the allowlist guard. Nothing here imports torch unless the file is a 
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import statistics

@@ -122,11 +122,29 @@ def plan(table: dict, fmt: str, patterns, prefix: str = "") -> dict:
     return layers
 
 
-def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=False, progress=None) -> dict:
+def quantize_layer(w, fmt: str) -> dict:
+    """One linear weight in ComfyUI's file format: {"weight", "weight_scale"[, "weight_scale_2"]};
+    `fmt` is a format name of the files (float8_e4m3fn, float8_e5m2, nvfp4)."""
     import torch
 
     from ..kernels import fp8 as k_fp8
     from ..kernels import nvfp4 as k_nvfp4
+    if fmt == "nvfp4":
+        q, blocked, s2 = k_nvfp4.quantize(w)
+        return {"weight": q, "weight_scale": blocked, "weight_scale_2": s2.reshape(())}
+    q, scale = k_fp8.quantize(w, dtype=getattr(torch, fmt))
+    return {"weight": q, "weight_scale": scale.reshape(())}
+
+
+def comfy_quant_tensor(fmt: str):
+    """The per-layer `comfy_quant` tensor: uint8 UTF-8 JSON {"format": fmt}."""
+    import torch
+    return torch.tensor(list(json.dumps({"format": fmt}).encode()), dtype=torch.uint8)
+
+
+def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=False, progress=None) -> dict:
+    import torch
+
     from .inspect import inspect_file
     from .stream import AtomicWriter, Reader, prefetched
 
@@ -174,14 +192,8 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
                 layer = k[: -len(".weight")] if k.endswith(".weight") else None
                 if layer in layers:
                     x = t.to(torch.bfloat16) if t.dtype == torch.float32 else t
-                    if fmt == "fp8":
-                        q, s = k_fp8.quantize(x)
-                        parts = [(k, q), (layer + ".weight_scale", s.reshape(()))]
-                    else:
-                        q, s, g = k_nvfp4.quantize(x)
-                        parts = [(k, q), (layer + ".weight_scale", s), (layer + ".weight_scale_2", g.reshape(()))]
-                    conf = json.dumps({"format": layers[layer]}).encode()
-                    parts.append((layer + ".comfy_quant", torch.tensor(list(conf), dtype=torch.uint8)))
+                    parts = [(layer + "." + n, v) for n, v in quantize_layer(x, layers[layer]).items()]
+                    parts.append((layer + ".comfy_quant", comfy_quant_tensor(layers[layer])))
                     stats["quantized_params"] += t.numel()
                     stats["quantized_bytes"] += sum(p.numel() * p.element_size() for n, p in parts[:-1])
                     for n, p in parts:

@@ -94,7 +94,7 @@ class ModelsmithAnimaLoader:
         lines = []
         why_not = compat.native_misfit(config)
         if why_not is None:
-            model = compat.load_native_anima(sd, DTYPES[dtype], metadata=metadata)
+            model = compat.load_native_anima(sd, DTYPES[dtype], metadata=metadata, config=config)
             fixed = getattr(model, "modelsmith_native_corrected", {})
             lines.append(f"denoiser: ComfyUI's native Anima, {config['num_blocks']} blocks" +
                          (f" (core's detection would have built {', '.join(f'{k}' for k in fixed)} differently; "
