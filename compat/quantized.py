@@ -199,8 +199,8 @@ def _is_quantized(m) -> bool:
 def quantized_patcher(patcher, fmt: str, preset: str = "auto", exclude: str = "", backend: str = "auto"):
     """A clone of `patcher` over a copy of its model whose denoiser linears are quantized.
 
-    backend: `core` builds the runtime's own quantized layers (current ComfyUI), `modelsmith` the
-    pack's QuantLinear (any ComfyUI), `auto` core where the runtime has it."""
+    backend: `comfyui` builds the runtime's own quantized layers (current ComfyUI),
+    `modelsmith` the pack's QuantLinear (any ComfyUI), `auto` the runtime's where it has them."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}")
     dit = getattr(patcher.model, "diffusion_model", None)
@@ -214,8 +214,8 @@ def quantized_patcher(patcher, fmt: str, preset: str = "auto", exclude: str = ""
     patterns = list(PRESETS.get(preset, [])) if preset not in (None, "none") else []
     patterns += parse_exclude(exclude)
     new_model = _copy_sharing_storage(patcher)
-    disabled = core_quant_ops(fmt, patcher.load_device) if backend in ("auto", "core") else None
-    if backend == "core" and disabled is None:
+    disabled = core_quant_ops(fmt, patcher.load_device) if backend in ("auto", "comfyui") else None
+    if backend == "comfyui" and disabled is None:
         raise ValueError("this ComfyUI has no quantized-tensor layers (comfy.quant_ops) for " + fmt)
     core = None
     if disabled is not None:
@@ -232,7 +232,7 @@ def quantized_patcher(patcher, fmt: str, preset: str = "auto", exclude: str = ""
         new_model.device = patcher.offload_device
     if core is not None:
         native = fmt not in core[1]
-        stats.update(backend="core", compute=("ComfyUI quantized layers, native " if native else
+        stats.update(backend="comfyui", compute=("ComfyUI quantized layers, native " if native else
                                               "ComfyUI quantized layers, emulated (dequantize then matmul) ") + "on "
                      + str(patcher.load_device))
     else:

@@ -97,7 +97,7 @@ class ModelsmithAnimaLoader:
             model = compat.load_native_anima(sd, DTYPES[dtype], metadata=metadata, config=config)
             fixed = getattr(model, "modelsmith_native_corrected", {})
             lines.append(f"denoiser: ComfyUI's native Anima, {config['num_blocks']} blocks" +
-                         (f" (core's detection would have built {', '.join(f'{k}' for k in fixed)} differently; "
+                         (f" (core's detection would have built {', '.join(fixed)} differently; "
                           f"set from the file)" if fixed else ""))
         else:
             model = compat.load_anima_model(sd, DTYPES[dtype], metadata=metadata)

@@ -100,7 +100,7 @@ class ModelsmithSaveQuantized:
 
 COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 QUANT_DTYPES = {"fp8_e4m3fn": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2", "nvfp4": "nvfp4"}
-QUANT_BACKENDS = {"auto": "auto", "comfyui": "core", "modelsmith": "modelsmith"}
+QUANT_BACKENDS = ("auto", "comfyui", "modelsmith")  # whose quantized layers (compat.quantized.quantized_patcher)
 
 
 def _fp16_accumulation_wrapper(previous=None):
@@ -169,7 +169,7 @@ class ModelsmithModelComputeDtype:
         if dtype in QUANT_DTYPES:
             try:
                 m, st = quantized_patcher(model, QUANT_DTYPES[dtype], preset=preset, exclude=exclude,
-                                          backend=QUANT_BACKENDS[backend])
+                                          backend=backend)
             except ValueError as e:
                 raise ModelsmithError(str(e)) from e
             lines.append(f"{dtype}: {st['quantized_layers']} linear layers quantized "
