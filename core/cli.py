@@ -20,6 +20,14 @@ def _format_report(r: dict) -> str:
             ("text encoders", ", ".join(r["components"].get("text_encoders") or []) or "-")]
     rec = r.get("recommended") or {}
     rows.append(("recommended", ", ".join(f"{k} {v}" for k, v in rec.items())))
+    d = r.get("details") or {}
+    if r["family"] == "anima" and d.get("blocks"):
+        rows.append(("anima", f"{d['blocks']} blocks, {d.get('width')} wide; LLM adapter {d.get('adapter_blocks')} blocks "
+                              f"reading {d.get('text_encoder')}; stock native Anima would build {d.get('stock_native_blocks')}"
+                              + (" (truncated)" if d.get("stock_native_truncates") else "")))
+    if r.get("lora"):
+        from .lora import describe
+        rows.append(("lora", describe(r["lora"])))
     width = max(len(k) for k, _ in rows)
     out = [f"{k.ljust(width)}  {v}" for k, v in rows]
     for w in r.get("warnings", []):

@@ -118,14 +118,66 @@ def _detect_family(d: dict, layout: str):
         info.update(blocks=blocks, width=width)
         variant = {2048: "2b", 5120: "14b"}.get(width)
         if "llm_adapter.blocks.0.cross_attn.q_proj.weight" in d:
-            info["adapter_blocks"] = count_indexed(d, "llm_adapter.blocks")
-            return "anima", variant, info
+            return "anima", anima_variant(d, info), info
         return "cosmos-predict2", variant, info
     if "joint_blocks.0.x_block.attn.qkv.weight" in d:
         return "sd3", None, info
     if "pos_embed.proj.weight" in d and "transformer_blocks.0.attn.add_q_proj.weight" in d:
         return "sd3", None, info
     return "unknown", None, info
+
+
+# Anima depths in circulation: the 28-block 2B base and tunes grown to 40 (2.9B) and 52 blocks (3.8B)
+ANIMA_DEPTHS = {28: "2b", 40: "2.9b", 52: "3.8b"}
+# The LLM adapter's cross-attention reads the text encoder's hidden states: its input width names the encoder
+ANIMA_TEXT_ENCODERS = {1024: "qwen3-0.6b", 2560: "qwen3.5-4b"}
+# what core's native Anima (current ComfyUI) builds whatever the file holds: its detection fixes 28
+# blocks for width 2048 and an adapter 1024 wide, 6 blocks deep, reading 1024-wide states
+NATIVE_ANIMA = {"blocks_for_width": {2048: 28}, "adapter_dim": 1024, "adapter_blocks": 6, "source_dim": 1024}
+_DIT_TOP = {"pos_embedder", "x_embedder", "t_embedder", "t_embedding_norm", "blocks", "final_layer", "llm_adapter",
+            "extra_pos_embedder", "logvar"}
+_ADAPTER_TOP = {"embed", "blocks", "out_proj", "norm"}
+
+
+def anima_variant(d, info) -> str:
+    """The Anima variant from its tensors (block count, adapter depth and input width, any module
+    beyond the Cosmos DiT + adapter), with what it pairs with and what stock native Anima would
+    build from it; fills `info`. Returns the variant name ("2b", "2.9b", "3.8b" or "N-block")."""
+    blocks = info.get("blocks") or count_indexed(d, "blocks")
+    width = info.get("width") or (_shape(d, "x_embedder.proj.1.weight") or (0,))[0]
+    k_proj = _shape(d, "llm_adapter.blocks.0.cross_attn.k_proj.weight") or (0, 0)
+    embed = _shape(d, "llm_adapter.embed.weight") or (0, 0)
+    source = k_proj[1] if len(k_proj) == 2 else 0
+    adapter_blocks = count_indexed(d, "llm_adapter.blocks")
+    extra = sorted({k.split(".", 1)[0] for k in d} - _DIT_TOP)
+    extra += sorted({"llm_adapter." + k.split(".", 2)[1] for k in d if k.startswith("llm_adapter.")
+                     and k.count(".") >= 2} - {"llm_adapter." + t for t in _ADAPTER_TOP})
+    stock_blocks = NATIVE_ANIMA["blocks_for_width"].get(width, blocks)
+    stock_adapter_fits = (embed[1:] == (NATIVE_ANIMA["adapter_dim"],) and adapter_blocks == NATIVE_ANIMA["adapter_blocks"]
+                          and source == NATIVE_ANIMA["source_dim"])
+    info.update(blocks=blocks, width=width, adapter_blocks=adapter_blocks, adapter_dim=embed[1] if len(embed) == 2 else 0,
+                adapter_source_dim=source, extra_modules=extra,
+                text_encoder=ANIMA_TEXT_ENCODERS.get(source, f"a {source}-wide text encoder"),
+                stock_native_blocks=stock_blocks, stock_native_truncates=stock_blocks < blocks,
+                stock_native_adapter_fits=stock_adapter_fits)
+    return ANIMA_DEPTHS.get(blocks, f"{blocks}-block")
+
+
+QWEN3_SIZES = {1024: "qwen3-0.6b", 2048: "qwen3-1.7b", 2560: "qwen3-4b", 4096: "qwen3-8b"}
+QWEN35_SIZES = {1024: "qwen3.5-0.8b", 2048: "qwen3.5-2b", 2560: "qwen3.5-4b", 4096: "qwen3.5-9b", 5120: "qwen3.5-27b"}
+
+
+def text_encoder_id(t: dict) -> str | None:
+    """Which Qwen text encoder a standalone file holds ({name: (dtype, shape)}), from its keys and
+    widths: Qwen3.5 (hybrid linear attention, `model.language_model.` names) or Qwen3 (q/k norms)."""
+    q35 = "model.language_model.layers.0.input_layernorm.weight"
+    if q35 in t and any(".linear_attn." in k for k in t):
+        width = (_shape(t, q35) or (0,))[0]
+        return QWEN35_SIZES.get(width, f"qwen3.5 ({width} wide)")
+    norm = _shape(t, "model.layers.0.post_attention_layernorm.weight") or _shape(t, "model.layers.0.input_layernorm.weight")
+    if "model.layers.0.self_attn.q_norm.weight" in t and norm:
+        return QWEN3_SIZES.get(norm[0], f"qwen3 ({norm[0]} wide)")
+    return None
 
 
 def _unet_common(d, in_key, k_key_candidates, info):

@@ -103,7 +103,7 @@ def _denoiser_stats(den: dict, quant: dict) -> tuple[str, int]:
 
 
 _LORA_SUFFIXES = (".lora_down.weight", ".lora_up.weight", ".lora_A.weight", ".lora_B.weight", ".hada_w1_a",
-                  ".lokr_w1", ".lokr_w1_a", ".oft_blocks", ".diff", ".diff_b")
+                  ".lokr_w1", ".lokr_w1_a", ".lokr_w2", ".oft_blocks", ".diff", ".diff_b")
 _KIND_HINTS = {
     "lora": " It looks like a LoRA (or LyCORIS): load it with LoraLoader / LoraLoaderModelOnly on top of a checkpoint.",
     "embedding": " It looks like a textual-inversion embedding: put it in models/embeddings and write embedding:NAME in the prompt.",
@@ -166,14 +166,16 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
         if "encoder." in heads or "decoder." in heads:
             report["components"]["vae"] = True
             report["kind"] = "vae"
-        elif "model.layers.0.self_attn.q_norm.weight" in tensors:
+        elif fam.text_encoder_id(tensors):
             report["kind"] = "text-encoder"
-            width = tensors["model.layers.0.self_attn.q_proj.weight"][1][1] if "model.layers.0.self_attn.q_proj.weight" in tensors else None
-            report["components"]["text_encoders"] = ["qwen3-0.6b" if width == 1024 else "qwen3"]
+            report["components"]["text_encoders"] = [fam.text_encoder_id(tensors)]
         elif any(k.startswith(("text_model.", "encoder.block.", "shared.")) for k in names):
             report["kind"] = "text-encoder"
         else:
             report["kind"] = _other_kind(names)
+        if report.get("kind") == "lora":
+            from .lora import analyse
+            report["lora"] = analyse(tensors, values)
         hint = kind_hint(report.get("kind"))
         warnings.append("No denoiser (UNet/DiT) found in this file; it is not a checkpoint to sample from." + hint)
 
@@ -275,7 +277,11 @@ def _warn(report, tensors, source):
             w.append("No text encoder in this file: load the family's text encoder(s) separately.")
     elif report["layout"] in ("diffusion-model", "diffusers") and fam_ in fam.NEEDS:
         encs, vae = fam.NEEDS[fam_]
+        if fam_ == "anima":
+            encs = [report["details"].get("text_encoder") or encs[0]]
         w.append(f"Denoiser only: also load text encoder(s) {', '.join(encs)} and {vae}.")
+    if fam_ == "anima":
+        _warn_anima(report["details"], w)
     if report["precision"] == "fp16" and fam_ in ("anima", "cosmos-predict2"):
         w.append("The Cosmos/Anima residual stream overflows fp16: run it through ModelsmithModelComputeDtype "
                  "fp16 (fp32 residual) or in bf16.")
@@ -285,6 +291,21 @@ def _warn(report, tensors, source):
                  "`python -m modelsmith convert` dequantizes them to fp16/bf16 safetensors.")
     if report["family"] == "unknown" and comps["denoiser"]:
         w.append("Unknown model family: Modelsmith does not recognise this denoiser's layout.")
+
+
+def _warn_anima(d: dict, w: list) -> None:
+    blocks = d.get("blocks")
+    if d.get("stock_native_truncates"):
+        w.append(f"A {blocks}-block Anima: ComfyUI's stock loaders with native Anima build only "
+                 f"{d['stock_native_blocks']} blocks from it and give broken images without an error; load it "
+                 f"with Modelsmith's Anima loader, which builds all {blocks}.")
+    elif d.get("adapter_blocks") and not d.get("stock_native_adapter_fits"):
+        w.append(f"Its LLM adapter ({d.get('adapter_blocks')} blocks, {d.get('adapter_dim')} wide, reading "
+                 f"{d.get('adapter_source_dim')}-wide states) is not the one ComfyUI's native Anima builds; load it "
+                 f"with Modelsmith's Anima loader.")
+    if d.get("extra_modules"):
+        w.append("Modules beyond the Cosmos DiT and LLM adapter: " + ", ".join(d["extra_modules"]) +
+                 " (Modelsmith's loader does not know them and refuses the file rather than drop them).")
 
 
 def inspect_file(path: str | os.PathLike) -> dict:

@@ -38,6 +38,30 @@ def _check_dit(path):
     return rep
 
 
+def _check_dit_whole(rep, path):
+    extra = rep.get("details", {}).get("extra_modules")
+    if extra:
+        raise ModelsmithError(f"{os.path.basename(path)} holds modules Modelsmith's Anima does not know "
+                              f"({', '.join(extra)}); refused rather than run without them.")
+
+
+def _check_pair(te_sd, te_path, rep, dm_path):
+    """The text encoder must be the one the DiT's LLM adapter was trained on (its input width names it)."""
+    from ..core.families import ANIMA_TEXT_ENCODERS, text_encoder_id
+    te_id = text_encoder_id({k: (str(v.dtype), tuple(v.shape)) for k, v in te_sd.items()})
+    d = rep.get("details", {})
+    want = d.get("text_encoder")
+    what = f"a {d.get('blocks')}-block Anima ({rep.get('variant')})"
+    if te_id and want in ANIMA_TEXT_ENCODERS.values() and te_id != want:
+        raise ModelsmithError(f"{os.path.basename(te_path)} is a {te_id} text encoder, but {os.path.basename(dm_path)} is "
+                              f"{what} whose LLM adapter reads {want} states: they do not belong together "
+                              f"(pick {want}).")
+    if te_id and te_id.startswith("qwen3.5"):
+        raise ModelsmithError(f"{os.path.basename(te_path)} is a {te_id} text encoder ({what} pairs with it); "
+                              f"Modelsmith's Anima loader runs Qwen3 encoders only and cannot run Qwen3.5's "
+                              f"linear-attention layers yet: refused rather than encode prompts wrongly.")
+
+
 def _check_te(sd, path):
     if "model.layers.0.self_attn.q_norm.weight" not in sd:
         kind = "a T5 encoder" if any(k.startswith(("encoder.block.", "shared.")) for k in sd) else "not a Qwen3 encoder"
@@ -78,7 +102,9 @@ class ModelsmithAnimaLoader:
         te_path = folder_paths.get_full_path_or_raise("text_encoders", text_encoder)
         vae_path = folder_paths.get_full_path_or_raise("vae", vae)
         report = _check_dit(dm_path)
+        _check_dit_whole(report, dm_path)
         te_sd = comfy.utils.load_torch_file(te_path, safe_load=True)
+        _check_pair(te_sd, te_path, report, dm_path)
         _check_te(te_sd, te_path)
         vae_sd = comfy.utils.load_torch_file(vae_path, safe_load=True)
         _check_vae(vae_sd, vae_path)

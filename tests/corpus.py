@@ -193,7 +193,7 @@ def dit_tables():
             t[f"layers.{i}.attention.qkv.weight"] = (3 * dim, dim)
         return {"model.diffusion_model." + k: (bf, v) for k, v in t.items()}
 
-    def cosmos(width, blocks, adapter=False, prefix="net."):
+    def cosmos(width, blocks, adapter=False, prefix="net.", source=1024):
         t = {"x_embedder.proj.1.weight": (width, 68), "t_embedder.1.linear_1.weight": (width, width),
              "final_layer.linear.weight": (64, width), "pos_embedder.dim_spatial_range": (0,)}
         for i in range(blocks):
@@ -205,6 +205,7 @@ def dit_tables():
             t["llm_adapter.embed.weight"] = (32128, 1024)
             for i in range(6):
                 t[f"llm_adapter.blocks.{i}.cross_attn.q_proj.weight"] = (1024, 1024)
+                t[f"llm_adapter.blocks.{i}.cross_attn.k_proj.weight"] = (1024, source)
                 t[f"llm_adapter.blocks.{i}.self_attn.q_proj.weight"] = (1024, 1024)
                 t[f"llm_adapter.blocks.{i}.mlp.0.weight"] = (4096, 1024)
         return {prefix + k: (bf, v) for k, v in t.items()}
@@ -229,7 +230,9 @@ def dit_tables():
         "cosmos_2b": (cosmos(2048, 28), exp("cosmos-predict2", "2b")),
         "cosmos_14b": (cosmos(5120, 36), exp("cosmos-predict2", "14b")),
         "anima": (cosmos(2048, 28, adapter=True), exp("anima", "2b")),
-        "anima_tune_32_blocks": (cosmos(2048, 32, adapter=True), exp("anima", "2b")),
+        "anima_tune_32_blocks": (cosmos(2048, 32, adapter=True), exp("anima", "32-block")),
+        "anima_2_9b": (cosmos(2048, 40, adapter=True), exp("anima", "2.9b")),
+        "anima_3_8b": (cosmos(2048, 52, adapter=True, source=2560), exp("anima", "3.8b")),
     }
 
 

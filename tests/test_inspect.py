@@ -108,7 +108,7 @@ CASES = ["sd1_fp16", "sd1_ema_fp32", "sd1_inpaint", "sd1_ip2p", "sd1_unet_only",
          "sd2_768_v", "sdxl_fp16", "sdxl_vpred_ztsnr", "sdxl_vpred", "sdxl_edm", "sdxl_unet_bf16", "sdxl_diffusers",
          "sdxl_refiner", "sdxl_modelspec_says_v", "sdxl_fp8_e4m3fn", "sdxl_scaled_fp8", "sd3_medium", "sd35_large",
          "sd35_medium", "flux1_dev", "flux1_schnell", "flux1_dev_norm_weight", "flux2_dev", "flux2_klein4b", "flux2_klein9b", "qwen_image",
-         "lumina2", "z_image", "cosmos_2b", "cosmos_14b", "anima", "anima_tune_32_blocks", "flux1_nvfp4",
+         "lumina2", "z_image", "cosmos_2b", "cosmos_14b", "anima", "anima_tune_32_blocks", "anima_2_9b", "anima_3_8b", "flux1_nvfp4",
          "flux1_fp8_comfy_quant"]
 
 
@@ -226,3 +226,33 @@ def test_files_saved_by_the_running_comfyui_keep_their_family(comfy, tmp_path, n
     assert any(k.startswith("model.diffusion_model.") for k in saved)
     rep = inspect_file(out)
     assert (rep["family"], rep["variant"], rep["prediction"]) == (family, variant, prediction), rep["warnings"]
+
+
+@pytest.mark.parametrize("name, blocks, variant, encoder, truncates", [
+    ("anima", 28, "2b", "qwen3-0.6b", False), ("anima_2_9b", 40, "2.9b", "qwen3-0.6b", True),
+    ("anima_3_8b", 52, "3.8b", "qwen3.5-4b", True), ("anima_tune_32_blocks", 32, "32-block", "qwen3-0.6b", True)])
+def test_anima_variant_named_from_the_tensors(corpus_files, name, blocks, variant, encoder, truncates):
+    """Every Anima depth is named from its block count, with the text encoder its adapter reads, and
+    whether ComfyUI's stock native Anima (28 blocks for width 2048) would truncate it, in the JSON,
+    the text report and the warnings."""
+    from modelsmith.core.cli import _format_report
+    rep = inspect_file(corpus_files[name][0])
+    d = rep["details"]
+    assert (rep["family"], rep["variant"], d["blocks"], d["adapter_blocks"]) == ("anima", variant, blocks, 6)
+    assert d["text_encoder"] == encoder and d["stock_native_truncates"] is truncates and d["extra_modules"] == []
+    assert any(f"text encoder(s) {encoder}" in w for w in rep["warnings"])
+    truncation = [w for w in rep["warnings"] if "build only 28 blocks" in w]
+    assert bool(truncation) is truncates and (not truncates or f"all {blocks}" in truncation[0])
+    assert f"{blocks} blocks, 2048 wide; LLM adapter 6 blocks reading {encoder}" in _format_report(rep)
+
+
+def test_anima_extra_modules_are_named(tmp_path):
+    from modelsmith.core.inspect import inspect_tensors
+    t = {"net.x_embedder.proj.1.weight": ("BF16", (2048, 68)), "net.blocks.0.mlp.layer1.weight": ("BF16", (8192, 2048)),
+         "net.llm_adapter.blocks.0.cross_attn.q_proj.weight": ("BF16", (1024, 1024)),
+         "net.llm_adapter.blocks.0.cross_attn.k_proj.weight": ("BF16", (1024, 2560)),
+         "net.llm_adapter.embed.weight": ("BF16", (32128, 1024)),
+         "net.text_connector.proj.weight": ("BF16", (1024, 2560)), "net.llm_adapter.connector.weight": ("BF16", (4, 4))}
+    rep = inspect_tensors(t)
+    assert rep["details"]["extra_modules"] == ["text_connector", "llm_adapter.connector"]
+    assert any("text_connector" in w and "refuses" in w for w in rep["warnings"])
