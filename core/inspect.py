@@ -119,6 +119,12 @@ def kind_hint(kind: str | None) -> str:
     return _KIND_HINTS.get(kind, "")
 
 
+def _mostly_lora(names) -> bool:
+    from .lora import split_key
+    names = list(names)
+    return bool(names) and sum(1 for n in names if split_key(n)) >= 0.9 * len(names)
+
+
 def _other_kind(names) -> str | None:
     """What a file without a denoiser most likely is, from its key names alone (a hint, not a contract)."""
     names = list(names)
@@ -147,6 +153,8 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
     names = tensors.keys()
     warnings = []
     layout, prefix = fam.find_denoiser(tensors)
+    if layout is not None and _mostly_lora(names):  # a LoRA in checkpoint names (net.*, diffusion_model.*)
+        layout, prefix = None, None
     report = {"family": "unknown", "variant": None, "layout": layout, "components": {},
               "precision": None, "prediction": None, "ztsnr": False, "ema": False, "params": 0,
               "recommended": dict(fam.RECOMMENDED["unknown"]), "warnings": warnings}

@@ -124,15 +124,18 @@ def analyse(tensors: dict, values=None) -> dict | None:
     return out
 
 
+# LoRA family (from its names) -> the model families it can be for
+_FITS = {"anima": ("anima", "cosmos-predict2"), "sd1/sdxl": ("sd1", "sd2", "sdxl", "sdxl-refiner"),
+         "flux": ("flux1", "flux2"), "sd3": ("sd3", "sd3.5-medium", "sd3.5-large")}
+
+
 def fit(lora: dict, model_family: str, model_blocks: int | None, unmatched: int = 0, total: int = 0) -> list[str]:
     """Warnings for applying a LoRA (analyse()'s result) to a model of this family and depth;
     `unmatched` of `total` LoRA modules found no layer in the model."""
     w = []
     lf = lora.get("family")
-    if lf not in ("unknown", None):
-        same = lf == model_family or (lf == "sd1/sdxl" and model_family in ("sd1", "sd2", "sdxl", "sdxl-refiner")) \
-            or (lf == "anima" and model_family in ("anima", "cosmos-predict2"))
-        if not same:
+    if lf in _FITS:
+        if model_family not in _FITS[lf]:
             w.append(f"This LoRA is for {lf} models but the model is {model_family}: it does not apply.")
     if lf == "anima" and model_family in ("anima", "cosmos-predict2") and model_blocks:
         depth = lora.get("max_block")

@@ -191,8 +191,15 @@ def guarded_load(path: str | os.PathLike, *, mmap: bool | None = None):
         is_zip = False
     if mmap is None:
         mmap = is_zip
+    from .pickle_scan import prescan
+    prescan(path)  # bounded: storages backed by the file, no direct tensor construction, no bombs
     try:
         with _only_our_allowlist():
+            if path.lower().endswith((".safetensors", ".sft")):
+                # torch.load hands a file of that name to the safetensors reader; the content decided
+                # it is a pickle, so torch gets the bytes without the name (no mmap then)
+                with open(path, "rb") as f:
+                    return torch.load(f, map_location="cpu", weights_only=True)
             return torch.load(path, map_location="cpu", weights_only=True, mmap=bool(mmap and is_zip))
     except pickle.UnpicklingError as e:
         name = _refused_name(str(e))
@@ -232,7 +239,9 @@ TORCH_TO_ST = {
 
 
 def load_state_dict(path) -> dict:
-    return state_dict_of(guarded_load(path), os.fspath(path))
+    from .pickle_scan import check_loaded
+    path = os.fspath(path)
+    return check_loaded(state_dict_of(guarded_load(path), path), path, os.path.getsize(path))
 
 
 def load_state_dict_table(path, probe_names=()):

@@ -54,7 +54,7 @@ def _check_pair(te_sd, te_path, rep, dm_path):
     what = f"a {d.get('blocks')}-block Anima ({rep.get('variant')})"
     if te_id and want in ANIMA_TEXT_ENCODERS.values() and te_id != want:
         raise ModelsmithError(f"{os.path.basename(te_path)} is a {te_id} text encoder, but {os.path.basename(dm_path)} is "
-                              f"{what} whose LLM adapter reads {want} states: they do not belong together "
+                              f"{what} whose LLM adapter reads {want} states ({d.get('adapter_source_dim')} wide): they do not belong together "
                               f"(pick {want}).")
     if te_id and te_id.startswith("qwen3.5"):
         raise ModelsmithError(f"{os.path.basename(te_path)} is a {te_id} text encoder ({what} pairs with it); "
@@ -144,6 +144,15 @@ class ModelsmithAnimaLoader:
         return (model, clip, vae_obj, settings)
 
 
+def _loras():
+    return folder_paths.get_filename_list("loras") if "loras" in folder_paths.folder_names_and_paths else []
+
+
+def _turbo_default():
+    """The official turbo LoRA when it is in models/loras (anima-turbo-lora*), else none."""
+    return next((n for n in _loras() if "turbo" in os.path.basename(n).lower() and "anima" in n.lower()), "none")
+
+
 class ModelsmithAnimaSampler:
     DESCRIPTION = ("Samples Anima with the official defaults: ~1 MP sizes in multiples of 16, 30 steps, CFG 4, er_sde, "
                    "simple, flow shift 3; `turbo` switches to 8 steps at CFG 1 for the Turbo LoRA/model.")
@@ -170,12 +179,18 @@ class ModelsmithAnimaSampler:
         }, "optional": {
             "clip": ("CLIP",), "vae": ("VAE",),
             "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
+            "turbo_lora": (["none"] + _loras(), {"default": _turbo_default(), "tooltip":
+                           "With `turbo` on, this LoRA (e.g. anima-turbo-lora-v0.2) is applied before sampling, "
+                           "checked against the model; none: the model is already a turbo model or carries the LoRA."}),
         }}
 
     def sample(self, model, positive_text, negative_text, size, width, height, steps, cfg, sampler_name, scheduler, seed,
-               turbo, clip=None, vae=None, positive=None, negative=None):
+               turbo, clip=None, vae=None, positive=None, negative=None, turbo_lora="none"):
         if turbo:
             steps, cfg = 8, 1.0
+            if turbo_lora and turbo_lora != "none":
+                from .lora import apply_checked_lora
+                model, _ = apply_checked_lora(model, folder_paths.get_full_path_or_raise("loras", turbo_lora), 1.0)
 
         def cond(given, text):
             if given is not None:

@@ -295,7 +295,7 @@ def test_anima_loader_refuses_a_text_encoder_of_another_width(comfy, anima_files
     error naming both widths, before anything is built."""
     import nodes
     loader = nodes.NODE_CLASS_MAPPINGS["ModelsmithAnimaLoader"]()
-    with pytest.raises(Exception, match=r"64-wide text encoder.*reads 1024-wide"):
+    with pytest.raises(Exception, match=r"qwen3 \(64 wide\) text encoder.*reads qwen3-0.6b states \(1024 wide\)"):
         loader.load(native_files[0], FILES[1], FILES[2])
     with pytest.raises(Exception, match=r"1024-wide text encoder.*reads 64-wide"):
         loader.load(FILES[0], native_files[1], FILES[2])
@@ -335,3 +335,70 @@ def test_latent_sizes_that_are_not_a_multiple_of_the_patch_run(comfy):
     with torch.no_grad():
         out = m(x, t, ctx, t5xxl_ids=ids)
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+def _sparse_anima(path, blocks, source=1024, extra=None):
+    from modelsmith.core.safetensors_io import write_sparse
+    t = {"net.x_embedder.proj.1.weight": ("BF16", [2048, 68]), "net.final_layer.linear.weight": ("BF16", [64, 2048]),
+         "net.llm_adapter.embed.weight": ("BF16", [32128, 1024])}
+    for i in range(6):
+        t[f"net.llm_adapter.blocks.{i}.cross_attn.q_proj.weight"] = ("BF16", [1024, 1024])
+        t[f"net.llm_adapter.blocks.{i}.cross_attn.k_proj.weight"] = ("BF16", [1024, source])
+    for i in range(blocks):
+        t[f"net.blocks.{i}.mlp.layer1.weight"] = ("BF16", [8192, 2048])
+        t[f"net.blocks.{i}.self_attn.q_proj.weight"] = ("BF16", [2048, 2048])
+    t.update(extra or {})
+    write_sparse(path, t)
+
+
+def _qwen35_te(path, width=2560):
+    import safetensors.torch
+    p = "model.language_model."
+    safetensors.torch.save_file({p + "embed_tokens.weight": torch.zeros(16, width),
+                                 p + "layers.0.input_layernorm.weight": torch.ones(width),
+                                 p + "layers.0.linear_attn.A_log": torch.zeros(4),
+                                 p + "layers.0.linear_attn.in_proj_a.weight": torch.zeros(4, width)}, str(path))
+
+
+def test_text_encoder_of_another_anima_variant_is_refused(comfy, anima_files, native_files, models_dir):
+    """A 28-block Anima with a Qwen3.5-4B encoder, a 52-block (3.8B) Anima with Qwen3-0.6B, and the
+    3.8B with its own Qwen3.5-4B (whose linear-attention layers the pack does not run): each one
+    clear error naming both files' kinds, before the denoiser is read; a DiT with modules the pack
+    does not know is refused rather than loaded without them."""
+    import nodes
+    from modelsmith.core.inspect import inspect_file
+    dm, te = models_dir / "diffusion_models", models_dir / "text_encoders"
+    _sparse_anima(dm / "anima-2b-sparse.safetensors", 28)
+    _sparse_anima(dm / "anima-3.8b-sparse.safetensors", 52, source=2560)
+    _sparse_anima(dm / "anima-extra-sparse.safetensors", 28, extra={"net.text_connector.proj.weight": ("BF16", [1024, 2560])})
+    _qwen35_te(te / "qwen3.5_4b_tiny.safetensors")
+    assert inspect_file(te / "qwen3.5_4b_tiny.safetensors")["components"]["text_encoders"] == ["qwen3.5-4b"]
+    loader = nodes.NODE_CLASS_MAPPINGS["ModelsmithAnimaLoader"]()
+    with pytest.raises(Exception, match=r"is a qwen3.5-4b text encoder, but anima-2b-sparse.safetensors is a 28-block "
+                                        r"Anima \(2b\) whose LLM adapter reads qwen3-0.6b states \(1024 wide\)"):
+        loader.load("anima-2b-sparse.safetensors", "qwen3.5_4b_tiny.safetensors", FILES[2])
+    with pytest.raises(Exception, match=r"is a qwen3-0.6b text encoder, but anima-3.8b-sparse.safetensors is a 52-block "
+                                        r"Anima \(3.8b\) whose LLM adapter reads qwen3.5-4b states \(2560 wide\)"):
+        loader.load("anima-3.8b-sparse.safetensors", native_files[1], FILES[2])
+    with pytest.raises(Exception, match=r"qwen3.5-4b text encoder .*cannot run Qwen3.5"):
+        loader.load("anima-3.8b-sparse.safetensors", "qwen3.5_4b_tiny.safetensors", FILES[2])
+    with pytest.raises(Exception, match=r"holds modules Modelsmith's Anima does not know \(text_connector\)"):
+        loader.load("anima-extra-sparse.safetensors", FILES[1], FILES[2])
+    for p in ("anima-2b-sparse", "anima-3.8b-sparse", "anima-extra-sparse"):
+        (dm / f"{p}.safetensors").unlink()
+
+
+@pytest.mark.parametrize("blocks", [28, 40, 52])
+def test_every_anima_depth_loads_whole(comfy, blocks):
+    """A tiny Anima (64 wide) at each real depth builds every block, on the compat path and, on 0.29,
+    as native Anima at the file's depth where core's detection alone would assume 28."""
+    import tiny_anima
+    from modelsmith.compat import anima
+    sd = tiny_anima.dit_state_dict(seed=blocks, blocks=blocks)
+    m = anima.load_anima_model(dict(sd), torch.float32)
+    assert len(m.model.diffusion_model.blocks) == blocks
+    assert anima.anima_config(sd)["num_blocks"] == blocks
+    if _native():
+        nsd = tiny_anima.dit_state_dict(seed=blocks, blocks=blocks, adapter=tiny_anima.NATIVE_ADAPTER, dtype=torch.bfloat16)
+        n = anima.load_native_anima(nsd, torch.float32)
+        assert len(n.model.diffusion_model.blocks) == blocks and "num_blocks" in n.modelsmith_native_corrected

@@ -1,0 +1,126 @@
+"""A LoRA loader that checks the LoRA against the model it is applied to.
+
+ComfyUI's own LoraLoaderModelOnly applies whatever names match and logs the rest ("lora key not
+loaded") to the console: a LoRA made for another family or Anima depth then applies partially and
+silently. This node reads what the LoRA targets (core/lora.py), applies it through ComfyUI's own
+LoRA code (comfy.lora key map, load_lora, ModelPatcher.add_patches, so every LoRA/LyCORIS algorithm
+core knows works), renames `net.` keys that (and `lycoris_` keys) that core does not map on this model, and reports the mismatch in the node.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import comfy.lora
+import comfy.utils
+import folder_paths
+
+from ..core import lora as core_lora
+from ..core.errors import ModelsmithError
+from ..core.safetensors_io import file_format
+
+log = logging.getLogger("modelsmith")
+
+# ComfyUI model classes -> the pack's family ids
+_MODEL_FAMILIES = {"SD15": "sd1", "SD20": "sd2", "SDXL": "sdxl", "SDXLRefiner": "sdxl-refiner", "SD3": "sd3",
+                   "Flux": "flux1", "Flux2": "flux2", "QwenImage": "qwen-image", "Lumina2": "lumina2",
+                   "CosmosPredict2": "cosmos-predict2", "Anima": "anima", "AnimaConfig": "anima"}
+
+
+def model_family(model) -> tuple[str, int | None]:
+    """(family, DiT block count or None) of a ComfyUI MODEL."""
+    base = model.model
+    dit = getattr(base, "diffusion_model", None)
+    blocks = len(dit.blocks) if dit is not None and hasattr(dit, "blocks") and hasattr(dit, "final_layer") else None
+    if dit is not None and hasattr(dit, "llm_adapter"):
+        return "anima", blocks
+    name = type(getattr(base, "model_config", None)).__name__
+    return _MODEL_FAMILIES.get(name, name.lower() or "unknown"), blocks
+
+
+def read_lora(path: str) -> dict:
+    if file_format(path) == "pickle":
+        from ..core.pickle_guard import load_state_dict
+        return load_state_dict(path)
+    return comfy.utils.load_torch_file(path, safe_load=True)
+
+
+# names core maps on some models only: renamed to a style it maps on all when it does not know them here
+_RENAMES = (("net.", "diffusion_model."), ("lycoris_", "lora_unet_"))
+
+
+def _rename(key: str, key_map: dict) -> str:
+    parts = core_lora.split_key(key)
+    if parts is None:
+        return key
+    module = key[: len(key) - len(parts[2])]
+    if module in key_map:
+        return key
+    for old, new in _RENAMES:
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
+def apply_checked_lora(model, path: str, strength: float):
+    """(patched clone of `model`, report lines) for the LoRA file at `path`."""
+    sd = read_lora(path)
+    info = core_lora.analyse({k: (str(v.dtype), tuple(v.shape)) for k, v in sd.items()},
+                             values=lambda n: sd[n].float().flatten().tolist() if sd[n].numel() <= 16 else None)
+    name = os.path.basename(path)
+    if info is None:
+        raise ModelsmithError(f"{name} holds no LoRA/LyCORIS tensors (lora_down/lora_A/lokr/hada names); pick a LoRA file.")
+    key_map = comfy.lora.model_lora_keys_unet(model.model, {})
+    renamed = {_rename(k, key_map): v for k, v in sd.items()}
+    patches = comfy.lora.load_lora(renamed, key_map, log_missing=False)  # the unmatched ones are reported below
+    modules = {}
+    for k in renamed:
+        parts = core_lora.split_key(k)
+        if parts and parts[1] != "kohya-te":
+            modules[k[: len(k) - len(parts[2])]] = True
+    unmatched = sum(1 for m in modules if m not in key_map)
+    family, blocks = model_family(model)
+    warnings = core_lora.fit(info, family, blocks, unmatched, len(modules))
+    out = model.clone()
+    applied = out.add_patches(patches, strength) if patches else []
+    lines = [f"{name}: {core_lora.describe(info)}",
+             f"applied to {len(applied)} layers of this {family} model" + (f" ({blocks} blocks)" if blocks else "") +
+             f" at strength {strength:g}"]
+    for w in warnings:
+        log.warning("Modelsmith LoRA %s: %s", name, w)
+        lines.append("warning: " + w)
+    if not patches:
+        raise ModelsmithError(f"{name} matches no layer of this {family} model: " + " ".join(warnings))
+    return out, lines
+
+
+class ModelsmithLoraLoader:
+    DESCRIPTION = ("Applies a LoRA (LoRA, LoKr, LoHa; kohya, diffusion_model., net. or LyCORIS names) to the model "
+                   "through ComfyUI's own LoRA code, and says in the node when it was made for another family or "
+                   "Anima depth, or when some of its layers match nothing.")
+    CATEGORY = "modelsmith/loaders"
+    RETURN_TYPES = ("MODEL", "STRING")
+    RETURN_NAMES = ("MODEL", "report")
+    FUNCTION = "load"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "The model to apply the LoRA to."}),
+            "lora_name": (folder_paths.get_filename_list("loras"), {"tooltip": "A LoRA from ComfyUI's models/loras folder."}),
+            "strength_model": ("FLOAT", {"default": 1.0, "min": -100.0, "max": 100.0, "step": 0.01,
+                                         "tooltip": "How strongly the LoRA changes the model (1.0: as trained)."}),
+        }}
+
+    def load(self, model, lora_name, strength_model):
+        path = folder_paths.get_full_path_or_raise("loras", lora_name)
+        if strength_model == 0:
+            return {"ui": {"text": [f"{lora_name}: strength 0, not applied"]}, "result": (model, "strength 0")}
+        out, lines = apply_checked_lora(model, path, strength_model)
+        text = "\n".join(lines)
+        return {"ui": {"text": [text]}, "result": (out, text)}
+
+
+NODE_CLASS_MAPPINGS = {"ModelsmithLoraLoader": ModelsmithLoraLoader}
+NODE_DISPLAY_NAME_MAPPINGS = {"ModelsmithLoraLoader": "Load LoRA (checked) (Modelsmith)"}
