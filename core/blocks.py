@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+from .errors import UsageError
+
 UNET_PREFIX = "model.diffusion_model."
 _IN = re.compile(r"^(?:model\.diffusion_model\.)?input_blocks\.(\d+)\.")
 _OUT = re.compile(r"^(?:model\.diffusion_model\.)?output_blocks\.(\d+)\.")
@@ -28,7 +30,7 @@ def block_names(family: str, n_dit_blocks: int = 28) -> list[str]:
     if family in ("anima", "cosmos-predict2"):
         parts = list(_DIT_PARTS) if family == "anima" else list(_DIT_PARTS[:-1])
         return ["BASE"] + [f"B{i:02d}" for i in range(n_dit_blocks)] + parts
-    raise ValueError(f"block weights are not defined for {family}")
+    raise UsageError(f"block weights are not defined for {family} models")
 
 
 def block_of(key: str, family: str) -> str:
@@ -64,14 +66,24 @@ def parse_block_weights(text: str, family: str, n_dit_blocks: int = 28) -> dict:
     out = {}
     if all(":" not in t for t in items):
         if len(items) != len(names):
-            raise ValueError(f"{family} block weights need {len(names)} numbers ({names[0]}..{names[-1]}), got {len(items)}")
+            raise UsageError(f"{family} block weights need {len(names)} numbers ({names[0]}..{names[-1]}), got {len(items)}")
         for n, v in zip(names, items):
-            out[n] = float(v)
+            out[n] = _weight(n, v)
         return out
     for t in items:
         name, _, v = t.partition(":")
         name = name.strip()
         if name not in names:
-            raise ValueError(f"unknown block {name!r} for {family}; blocks are {', '.join(names)}")
-        out[name] = float(v)
+            raise UsageError(f"unknown block {name!r} for {family}; blocks are {', '.join(names)}")
+        out[name] = _weight(name, v)
     return out
+
+
+def _weight(name: str, text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise UsageError(f"block weight for {name} must be a number, got {text.strip()[:40]!r}") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise UsageError(f"block weight for {name} must be a finite number, got {text.strip()[:40]!r}")
+    return v

@@ -68,17 +68,32 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def _read_small_text(path: str, what: str, limit: int = 1 << 20) -> str:
+    from .errors import ModelsmithError
+    from .files import check_regular_file
+    st = check_regular_file(path)
+    if st.st_size > limit:
+        raise ModelsmithError(f"{path}: {st.st_size} bytes is too large for a {what} (at most {limit})")
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ModelsmithError(f"{path}: not a {what} (not UTF-8 text)") from None
+    except OSError as e:
+        raise ModelsmithError(f"{path}: cannot read it ({e.strerror})") from None
+
+
 def cmd_merge(args) -> int:
     from .blocks import parse_block_weights
     from .inspect import inspect_file
     from .merge import Recipe, run_merge
     if args.recipe:
-        with open(args.recipe) as f:
-            recipe = Recipe.from_json(f.read())
-        output = args.models[-1] if args.models else recipe.output
-        if not output:
-            print("modelsmith: give an output file", file=sys.stderr)
+        recipe = Recipe.from_json(_read_small_text(args.recipe, "recipe"), source=args.recipe)
+        if len(args.models) != 1:
+            # a recipe records where it was written, but never chooses where to write by itself
+            print("modelsmith: give the output file after the recipe: merge --recipe RECIPE OUT", file=sys.stderr)
             return 2
+        output = args.models[0]
     else:
         if len(args.models) < 3:
             print("modelsmith: merge needs A B [C] OUT", file=sys.stderr)

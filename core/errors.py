@@ -15,3 +15,7 @@ class UnsafePickleError(ModelsmithError):
             f"allowlist of tensor data. A checkpoint needs no code to load; this file may be "
             f"malicious. Nothing from it was executed. Get a .safetensors version of the model."
         )
+
+
+class UsageError(ModelsmithError, ValueError):
+    """A value the user typed (a block list, a pattern) that cannot be used; a ValueError too."""

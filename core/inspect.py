@@ -339,7 +339,8 @@ def inspect_file(path: str | os.PathLike) -> dict:
 
 def inspect_dir(root: str | os.PathLike):
     """Yield (path, report or error string) for every model file under root."""
-    for dirpath, dirnames, filenames in os.walk(root):
+    unreadable = []
+    for dirpath, dirnames, filenames in os.walk(root, onerror=unreadable.append):
         dirnames.sort()
         for fn in sorted(filenames):
             if fn.lower().endswith(MODEL_EXTS):
@@ -348,3 +349,7 @@ def inspect_dir(root: str | os.PathLike):
                     yield p, inspect_file(p)
                 except ModelsmithError as e:
                     yield p, str(e)
+                except (OSError, ValueError, RuntimeError, MemoryError) as e:  # one bad file never stops the scan
+                    yield p, f"{p}: could not be inspected ({type(e).__name__}: {str(e)[:200]})"
+    for e in unreadable:
+        yield e.filename, f"{e.filename}: folder could not be read ({e.strerror}); skipped"

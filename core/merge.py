@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import blocks as blk
 from .errors import ModelsmithError
+from .files import write_new_text
 
 METHODS = {}
 NEEDS_C = {"add_difference", "ties", "dare"}
@@ -116,10 +117,30 @@ class Recipe:
         return json.dumps({"modelsmith_recipe": 1, **asdict(self)}, indent=2)
 
     @classmethod
-    def from_json(cls, text: str) -> "Recipe":
-        d = json.loads(text)
+    def from_json(cls, text: str, source: str = "recipe") -> "Recipe":
+        """A recipe from its JSON; anything else is a clear error naming what is wrong."""
+        try:
+            d = json.loads(text)
+        except (ValueError, RecursionError) as e:
+            raise ModelsmithError(f"{source}: not a Modelsmith recipe (broken JSON: {str(e)[:120]})") from None
+        if not isinstance(d, dict):
+            raise ModelsmithError(f"{source}: not a Modelsmith recipe (expected a JSON object)")
         d.pop("modelsmith_recipe", None)
-        return cls(**d)
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ModelsmithError(f"{source}: unknown recipe fields {', '.join(map(str, unknown))[:200]}")
+        try:
+            r = cls(**d)
+        except TypeError as e:
+            raise ModelsmithError(f"{source}: incomplete recipe ({e})") from None
+        if not isinstance(r.inputs, list) or not all(isinstance(p, str) for p in r.inputs) \
+                or not isinstance(r.method, str) or not isinstance(r.blocks, dict) \
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in
+                           [r.alpha, r.density, r.drop, r.seed, *r.blocks.values()]):
+            raise ModelsmithError(f"{source}: a recipe field has the wrong type (inputs: list of paths, method: text, "
+                                  f"alpha/density/drop/seed and block weights: numbers)")
+        return r
 
     def validate(self):
         if self.method not in METHODS:
@@ -157,9 +178,12 @@ def run_merge(recipe: Recipe, output: str, *, overwrite=False, progress=None, me
     """Stream the merge of recipe.inputs into `output`. Returns a report (counts, warnings, path)."""
     from .inspect import inspect_file
     from .modelspec import modelspec_for
-    from .stream import AtomicWriter, Reader, prefetched, torch_dtype
+    from .stream import AtomicWriter, Reader, check_output_path, prefetched, torch_dtype
 
     recipe.validate()
+    # the recipe is written beside the result: both names must be free (or overwrite asked) before any work
+    check_output_path(output, overwrite=overwrite)
+    check_output_path(output + ".recipe.json", overwrite=overwrite)
     reports = [inspect_file(p) for p in recipe.inputs]
     fams = {r["family"] for r in reports}
     if len(fams) != 1:
@@ -234,6 +258,5 @@ def run_merge(recipe: Recipe, output: str, *, overwrite=False, progress=None, me
     if counts["only_in_b"]:
         warnings.append(f"{counts['only_in_b']} tensors that exist only in B were left out.")
     recipe.output = output
-    with open(output + ".recipe.json", "w") as f:
-        f.write(recipe.to_json())
+    write_new_text(output + ".recipe.json", recipe.to_json(), overwrite=overwrite)
     return {"output": output, "family": family, "counts": counts, "warnings": warnings}

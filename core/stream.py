@@ -13,6 +13,7 @@ import os
 import shutil
 
 from .errors import ModelsmithError
+from .files import ExclusiveFile, check_writable_folder
 from .safetensors_io import Header, build_header_bytes, read_header
 
 ST_TO_TORCH_NAME = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64",
@@ -124,10 +125,14 @@ class AtomicWriter:
             self.metadata[hash_key] = HASH_PLACEHOLDER
         self.prefix, self.data_size = build_header_bytes(self.entries, self.metadata)
         folder = os.path.dirname(self.path)
-        os.makedirs(folder, exist_ok=True)
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise ModelsmithError(f"cannot create the output folder {folder} ({e.strerror})") from None
+        check_writable_folder(folder)
         check_free_space(folder, len(self.prefix) + self.data_size)
-        self.tmp = os.path.join(folder, f".{os.path.basename(self.path)}.{os.getpid()}.partial")
         self.overwrite = overwrite
+        self.xf = None
         self.order = list(self.entries)
         self.next = 0
         self.sha = hashlib.sha256()
@@ -137,7 +142,8 @@ class AtomicWriter:
 
     def __enter__(self):
         from concurrent.futures import ThreadPoolExecutor
-        self.f = open(self.tmp, "wb")
+        self.xf = ExclusiveFile(self.path, overwrite=self.overwrite)  # O_EXCL|O_NOFOLLOW partial, dir fd once
+        self.f, self.tmp = self.xf.f, self.xf.tmp
         try:
             self._write(self.prefix)
         except BaseException:
@@ -185,15 +191,8 @@ class AtomicWriter:
         if self._pool is not None:
             self._pending = None
             self._pool.shutdown(wait=True, cancel_futures=True)
-        try:
-            if self.f is not None and not self.f.closed:
-                self.f.close()
-        except OSError:
-            pass
-        try:
-            os.unlink(self.tmp)
-        except FileNotFoundError:
-            pass
+        if self.xf is not None:
+            self.xf.abort()
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
@@ -214,27 +213,12 @@ class AtomicWriter:
                 patched = self.prefix.replace(HASH_PLACEHOLDER.encode(), digest.encode(), 1)
                 self.f.seek(0)
                 self.f.write(patched)
-            self.f.flush()
-            os.fsync(self.f.fileno())
-            self.f.close()
-            if self.overwrite:
-                os.replace(self.tmp, self.path)
-            else:
-                os.link(self.tmp, self.path)  # fails if the name appeared meanwhile: never clobbers
-                os.unlink(self.tmp)
-            dfd = os.open(os.path.dirname(self.path), os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except FileExistsError:
-            self._abort()
-            raise ModelsmithError(f"{self.path} appeared while writing; not overwritten") from None
         except OSError as e:
             self._abort()
             if e.errno == errno.ENOSPC:
                 raise ModelsmithError(f"disk full while writing {self.path}; nothing was written") from None
             raise ModelsmithError(f"cannot write {self.path}: {e.strerror}") from None
+        self.xf.publish()  # link (never clobbers) or, when asked, rename over; partial removed on error
         return False
 
 
