@@ -7,8 +7,6 @@ choices"). The mappings are built lazily on first access and only when `comfy` i
 `import modelsmith` (the CLI, the tests of core/) never imports ComfyUI or torch and changes nothing
 in a running ComfyUI at import time.
 """
-import importlib.util
-
 __version__ = "0.1.0"
 # the small front-end extension that shows a node's reported text inside the node
 WEB_DIRECTORY = "./web"
@@ -16,6 +14,7 @@ _MAPPINGS = None
 
 
 def _comfy_available() -> bool:
+    import importlib.util  # here, not at import: `python -m modelsmith` starts without it
     try:
         return importlib.util.find_spec("comfy") is not None
     except (ImportError, ValueError):

@@ -67,21 +67,30 @@ def cmd_inspect(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m modelsmith",
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser, or (for a fast start) only the `inspect` subcommand when that is what runs."""
+    # a fixed help width: argparse would otherwise import shutil (for the terminal size) at start-up
+    width = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else 100
+
+    def formatter(prog):
+        return argparse.HelpFormatter(prog, width=width)
+    p = argparse.ArgumentParser(prog="python -m modelsmith", formatter_class=formatter,
                                 description="Modelsmith: know, load, prompt and convert image-generation checkpoints.")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    s = sub.add_parser("inspect", help="what a checkpoint is, from its header (a file or a whole folder)")
+    s = sub.add_parser("inspect", help="what a checkpoint is, from its header (a file or a whole folder)",
+                       formatter_class=formatter)
     s.add_argument("file", help="a .safetensors/.ckpt/.pt/.pth file, or a models folder")
     s.add_argument("--json", action="store_true", help="print the inspection contract as JSON")
     s.set_defaults(func=cmd_inspect)
-    from . import cli_more
-    cli_more.register(sub)
+    if command != "inspect":
+        from . import cli_more
+        cli_more.register(sub)
     return p
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv and argv[0] == "inspect" else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -18,7 +18,7 @@ def cmd_prompt(args) -> int:
 
 
 def register(sub) -> None:
-    from .prompt import CONVENTIONS
+    from .names import CONVENTIONS
     s = sub.add_parser("prompt", help="normalize and reorder a tag prompt for a model family's convention")
     s.add_argument("text", nargs="*", help="the prompt (read from stdin when omitted)")
     s.add_argument("--convention", choices=CONVENTIONS, default="anima")
@@ -114,7 +114,7 @@ def cmd_merge(args) -> int:
 
 
 def register_tools(sub) -> None:
-    from .merge import METHODS
+    from .names import MERGE_METHODS
     c = sub.add_parser("convert", help="convert/prune a checkpoint to safetensors (dtype, EMA, VAE, ModelSpec)")
     c.add_argument("input", help="a .safetensors or .ckpt/.pt/.pth checkpoint")
     c.add_argument("output", help="the .safetensors file to write")
@@ -127,7 +127,7 @@ def register_tools(sub) -> None:
     c.set_defaults(func=cmd_convert)
     m = sub.add_parser("merge", help="merge checkpoints, streaming: A B [C] OUT")
     m.add_argument("models", nargs="*", help="A B [C] OUT (C for add_difference, ties, dare)")
-    m.add_argument("--method", choices=sorted(METHODS), default="weighted_sum")
+    m.add_argument("--method", choices=MERGE_METHODS, default="weighted_sum")
     m.add_argument("--alpha", type=float, default=0.5, help="merge ratio (B's share)")
     m.add_argument("--blocks", help='block weights: "BASE:0.5,IN00:0.2,..." or one number per block')
     m.add_argument("--density", type=float, default=0.2, help="TIES: fraction of each task vector kept")
@@ -135,7 +135,7 @@ def register_tools(sub) -> None:
     m.add_argument("--seed", type=int, default=0, help="DARE: random seed")
     m.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="output dtype (default: A's)")
     m.add_argument("--keep-ztsnr", action="store_true", help="write the ztsnr marker even if not all inputs have it")
-    m.add_argument("--recipe", help="replay a saved recipe JSON (OUT optional)")
+    m.add_argument("--recipe", help="replay a saved recipe JSON: merge --recipe RECIPE OUT")
     m.add_argument("--overwrite", action="store_true")
     m.add_argument("--keep-name", action="store_true")
     m.set_defaults(func=cmd_merge)
@@ -163,7 +163,9 @@ def cmd_workflows(args) -> int:
 
 def cmd_queue(args) -> int:
     from . import workflows as wf
-    api = wf.apply_sets(wf.load_api(args.workflow), args.set or [])
+    api = wf.load_api(args.workflow)
+    if args.set:
+        api = wf.apply_sets(api, args.set, wf.http_json(f"{args.server}/object_info"))
     res = wf.queue(api, server=args.server, out_dir=args.output, timeout=args.timeout, progress=_progress("sampling"))
     for p in res["saved"]:
         print(f"saved {p}")
@@ -173,7 +175,7 @@ def cmd_queue(args) -> int:
 
 
 def register_workflows(sub) -> None:
-    from .workflows import DEFAULT_SERVER
+    from .names import DEFAULT_SERVER
     w = sub.add_parser("workflows", help="list, build or check the bundled workflows against a running ComfyUI")
     w.add_argument("action", choices=["list", "check", "build"])
     w.add_argument("--server", default=DEFAULT_SERVER)

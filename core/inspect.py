@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import statistics
 
 from . import families as fam
 from .errors import ModelsmithError
@@ -254,6 +253,7 @@ def _sd2_prediction(values, tensors, layout, report):
     vals = values(name) if name in tensors else None
     if not vals:
         return None
+    import statistics
     std = statistics.pstdev(vals) if len(vals) > 1 else 0.0
     report["details"]["sd2_probe_std"] = round(std, 5)
     return "v" if std > 0.09 else "eps"

@@ -213,7 +213,8 @@ def guarded_load(path: str | os.PathLike, *, mmap: bool | None = None):
             AttributeError, IndexError, UnicodeDecodeError, OverflowError, MemoryError, AssertionError) as e:
         # AssertionError: torch's legacy-format reader asserts on storage keys a damaged file lacks
         raise ModelsmithError(f"{path}: not a readable checkpoint pickle ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+                              f"{str(e).splitlines()[0][:200] if str(e) else ''}). The file is damaged or "
+                              f"incomplete: download it again, preferably as .safetensors.") from None
 
 
 def state_dict_of(obj, path="") -> dict:

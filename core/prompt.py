@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-CONVENTIONS = ("anima", "illustrious", "noobai", "pony")
+from .names import CONVENTIONS  # noqa: E402,F401  (the CLI offers them without importing this module)
 
 QUALITY = ["masterpiece", "best quality", "amazing quality", "high quality", "great quality", "good quality",
            "normal quality", "low quality", "worst quality", "very aesthetic", "aesthetic", "displeasing",

@@ -11,8 +11,7 @@ import json
 import math
 import os
 import struct
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from collections import namedtuple
 
 from .errors import ModelsmithError
 from .files import check_regular_file
@@ -30,28 +29,31 @@ MAX_HEADER_BYTES = 100_000_000  # the limit of the safetensors library
 
 
 class SafetensorsError(ModelsmithError):
-    pass
+    """A damaged or incomplete safetensors file; the message ends with what to do about it."""
+
+    def __init__(self, msg: str):
+        if "not a valid safetensors file" in msg or "truncated" in msg:
+            msg += ". The file is damaged or incomplete: download it again (or copy it again from its source)."
+        super().__init__(msg)
 
 
-class TensorInfo(NamedTuple):
-    dtype: str
-    shape: tuple
-    begin: int
-    end: int
+class TensorInfo(namedtuple("TensorInfo", "dtype shape begin end")):
+    """One header entry: dtype (str), shape (tuple), data offsets begin/end (ints)."""
+    __slots__ = ()
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
 
 
-@dataclass
 class Header:
-    path: str
-    tensors: dict  # name -> TensorInfo
-    metadata: dict = field(default_factory=dict)
-    data_start: int = 0
-    file_size: int = 0
-    bytes_read: int = 0
+    """A parsed header: the file's path, {name: TensorInfo}, the metadata, where the data starts, the
+    file's size and how many bytes inspection has read (a plain class: no dataclasses import, the CLI
+    starts faster)."""
+
+    def __init__(self, path, tensors, metadata=None, data_start=0, file_size=0, bytes_read=0):
+        self.path, self.tensors, self.metadata = path, tensors, metadata if metadata is not None else {}
+        self.data_start, self.file_size, self.bytes_read = data_start, file_size, bytes_read
 
 
 def _no_duplicates(pairs):

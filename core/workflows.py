@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW_DIR = os.path.join(HERE, "workflows")
 API_DIR = os.path.join(WORKFLOW_DIR, "api")
 VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
-DEFAULT_SERVER = "http://127.0.0.1:8188"
+from .names import DEFAULT_SERVER  # noqa: E402,F401
 
 
 def bundled() -> list[str]:
@@ -225,20 +225,39 @@ def _server_error(detail):
     return msg or json.dumps(detail)[:500]
 
 
-def apply_sets(api: dict, sets: list[str]) -> dict:
-    """--set node.input=value (value parsed as JSON when it can be, else taken as text)."""
+def apply_sets(api: dict, sets: list[str], object_info: dict | None = None) -> dict:
+    """--set node.input=value (value parsed as JSON when it can be, else taken as text). The node id
+    must be one of the workflow's and the input one its node has (from /object_info when given, else
+    the inputs the workflow sets): a typo is an error, never a silently unchanged job."""
     api = json.loads(json.dumps(api))
     for s in sets:
         key, eq, raw = s.partition("=")
         nid, dot, name = key.partition(".")
         if not eq or not dot or nid not in api:
             raise ModelsmithError(f"--set {s!r}: use NODE.INPUT=VALUE with a node id of the workflow ({', '.join(api)})")
+        ctype = api[nid].get("class_type")
+        info = (object_info or {}).get(ctype)
+        known = set(api[nid].get("inputs", {}))
+        if info:
+            known |= {k for sec in ("required", "optional") for k in (info.get("input", {}).get(sec) or {})}
+        if name not in known:
+            raise ModelsmithError(f"--set {s!r}: node {nid} ({ctype}) has no input {name!r}; its inputs are "
+                                  f"{', '.join(sorted(known))}")
         try:
             value = json.loads(raw)
         except ValueError:
             value = raw
         api[nid]["inputs"][name] = value
     return api
+
+
+def _failure(kind: str, d: dict) -> str:
+    if kind == "execution_interrupted":
+        where = f" at node {d['node_id']} ({d.get('node_type')})" if d.get("node_id") else ""
+        return f"the prompt was interrupted{where} (Cancel in the UI or POST /interrupt); nothing more ran"
+    if d.get("node_id") is None:
+        return "the prompt failed on the server without naming a node; see ComfyUI's console"
+    return f"node {d.get('node_id')} ({d.get('node_type')}) failed: {d.get('exception_message', '').strip()}"
 
 
 def queue(api: dict, server=DEFAULT_SERVER, out_dir=None, timeout=3600, progress=None) -> dict:
@@ -262,10 +281,9 @@ def queue(api: dict, server=DEFAULT_SERVER, out_dir=None, timeout=3600, progress
                         m = json.loads(msg)
                         if m.get("type") == "progress" and progress:
                             progress(m["data"].get("value", 0), m["data"].get("max", 1))
-                        if m.get("type") == "execution_error" and m["data"].get("prompt_id") == pid:
-                            d = m["data"]
-                            raise ModelsmithError(f"node {d.get('node_id')} ({d.get('node_type')}) failed: "
-                                                  f"{d.get('exception_message', '').strip()}")
+                        if m.get("type") in ("execution_error", "execution_interrupted") and \
+                                m["data"].get("prompt_id") == pid:
+                            raise ModelsmithError(_failure(m["type"], m["data"]))
                 except ModelsmithError:
                     raise
                 except Exception:
@@ -274,10 +292,9 @@ def queue(api: dict, server=DEFAULT_SERVER, out_dir=None, timeout=3600, progress
             if pid in hist:
                 status = hist[pid].get("status", {})
                 if status.get("status_str") == "error":
-                    msgs = [m for m in status.get("messages", []) if m[0] == "execution_error"]
-                    d = msgs[0][1] if msgs else {}
-                    raise ModelsmithError(f"node {d.get('node_id')} ({d.get('node_type')}) failed: "
-                                          f"{d.get('exception_message', '').strip()}")
+                    msgs = [m for m in status.get("messages", []) if m[0] in ("execution_error", "execution_interrupted")]
+                    kind, d = msgs[0] if msgs else ("execution_error", {})
+                    raise ModelsmithError(_failure(kind, d))
                 if status.get("completed"):
                     return _collect(hist[pid], server, out_dir)
             if ws is None:

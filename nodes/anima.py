@@ -22,11 +22,15 @@ DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": t
 
 
 def _choices(folder):
+    """The files really present in the folder (an empty folder lists none: a default name is never shown
+    as if it were there), and the official file as the default when it is present."""
     names = folder_paths.get_filename_list(folder) if folder in folder_paths.folder_names_and_paths else []
     default = DEFAULT_FILES[folder]
     if default not in names and folder == "diffusion_models":
         default = next((n for n in names if os.path.basename(n).lower().startswith("anima")), default)
-    return (names or [default]), default
+    if default not in names:
+        default = names[0] if names else None
+    return names, default
 
 
 def _check_dit(path):
@@ -88,10 +92,12 @@ class ModelsmithAnimaLoader:
         dm, dm_default = _choices("diffusion_models")
         te, te_default = _choices("text_encoders")
         vae, vae_default = _choices("vae")
+        def opt(default, tooltip):
+            return {"tooltip": tooltip, **({"default": default} if default is not None else {})}
         return {"required": {
-            "diffusion_model": (dm, {"default": dm_default, "tooltip": "models/diffusion_models/anima-*.safetensors"}),
-            "text_encoder": (te, {"default": te_default, "tooltip": "models/text_encoders/qwen_3_06b_base.safetensors"}),
-            "vae": (vae, {"default": vae_default, "tooltip": "models/vae/qwen_image_vae.safetensors"}),
+            "diffusion_model": (dm, opt(dm_default, "models/diffusion_models/anima-*.safetensors (any Anima depth)")),
+            "text_encoder": (te, opt(te_default, "models/text_encoders/qwen_3_06b_base.safetensors")),
+            "vae": (vae, opt(vae_default, "models/vae/qwen_image_vae.safetensors")),
             "dtype": (list(DTYPES), {"default": "auto", "tooltip":
                       "Compute dtype of the denoiser (auto: bf16 where supported). fp16 keeps the residual stream in fp32."}),
         }}
@@ -160,6 +166,7 @@ class ModelsmithAnimaSampler:
     RETURN_TYPES = ("LATENT", "IMAGE")
     RETURN_NAMES = ("LATENT", "IMAGE")
     FUNCTION = "sample"
+    OUTPUT_NODE = True
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -182,33 +189,42 @@ class ModelsmithAnimaSampler:
             "turbo_lora": (["none"] + _loras(), {"default": _turbo_default(), "tooltip":
                            "With `turbo` on, this LoRA (e.g. anima-turbo-lora-v0.2) is applied before sampling, "
                            "checked against the model; none: the model is already a turbo model or carries the LoRA."}),
-        }}
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per run."}),
+        }, "hidden": common.HIDDEN_GRAPH}
 
     def sample(self, model, positive_text, negative_text, size, width, height, steps, cfg, sampler_name, scheduler, seed,
-               turbo, clip=None, vae=None, positive=None, negative=None, turbo_lora="none"):
+               turbo, clip=None, vae=None, positive=None, negative=None, turbo_lora="none", batch_size=1,
+               prompt=None, unique_id=None):
+        common.check_vae_for_image(vae, prompt, unique_id, 1, "Anima Sampler")
+        lines = []
         if turbo:
             steps, cfg = 8, 1.0
+            lines.append("turbo: ran 8 steps at CFG 1 (the steps and cfg widgets are not used)")
             if turbo_lora and turbo_lora != "none":
                 from .lora import apply_checked_lora
-                model, _ = apply_checked_lora(model, folder_paths.get_full_path_or_raise("loras", turbo_lora), 1.0)
+                model, lora_lines = apply_checked_lora(model, folder_paths.get_full_path_or_raise("loras", turbo_lora), 1.0)
+                lines += lora_lines
 
-        def cond(given, text):
+        def cond(given, text, name):
+            common.check_conditioning(given, name, prompt, unique_id)
             if given is not None:
                 return given
             if clip is None:
                 raise ModelsmithError("connect a CLIP (or CONDITIONING) to the Anima sampler")
             return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
-        pos, neg = cond(positive, positive_text), cond(negative, negative_text)
+        pos, neg = cond(positive, positive_text, "positive"), cond(negative, negative_text, "negative")
         w, h = resolution.preset_size(size, resolution.ANIMA_PRESETS, resolution.snap(width, height, 16))
-        latent = {"samples": torch.zeros([1, 16, 1, h // 8, w // 8], device=comfy.model_management.intermediate_device())}
+        latent = {"samples": torch.zeros([batch_size, 16, 1, h // 8, w // 8],
+                                         device=comfy.model_management.intermediate_device())}
         (out,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, pos, neg, latent)
         image = None
         if vae is not None:
             image = vae.decode(out["samples"])
             if image.ndim == 5:
                 image = image.reshape(-1, *image.shape[-3:])
-        return (out, image)
+        lines.insert(0, f"{batch_size} x {w}x{h}, {steps} steps, CFG {cfg:g}, {sampler_name}/{scheduler}, seed {seed}")
+        return {"ui": {"text": ["\n".join(lines)]}, "result": (out, image)}
 
 
 NODE_CLASS_MAPPINGS = {"ModelsmithAnimaLoader": ModelsmithAnimaLoader, "ModelsmithAnimaSampler": ModelsmithAnimaSampler}

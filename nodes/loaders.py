@@ -100,10 +100,15 @@ class ModelsmithCheckpointLoader:
             "ckpt_name": (folder_paths.get_filename_list("checkpoints"), {"tooltip": "A checkpoint in models/checkpoints."}),
             "prediction": (PREDICTIONS, {"default": "auto", "tooltip":
                            "auto: from the file's v_pred/ztsnr markers. Override for v-pred files without markers."}),
-        }}
+        }, "hidden": common.HIDDEN_GRAPH}
 
-    def load(self, ckpt_name, prediction="auto"):
+    def load(self, ckpt_name, prediction="auto", prompt=None, unique_id=None):
         path = common.resolve_model(f"checkpoints/{ckpt_name}", ("checkpoints",))
+        if 2 in common.outputs_used(prompt, unique_id):  # its VAE output is used: say so before loading anything
+            rep = core_inspect.inspect_file(path)
+            if rep["layout"] == "checkpoint" and not rep["components"].get("vae"):
+                raise ModelsmithError(f"{ckpt_name} has no VAE, but this loader's VAE output is connected: connect a "
+                                      f"VAELoader's VAE instead")
         model, clip, vae, report = load_checkpoint_file(path)
         pred, ztsnr = resolve_prediction(report, prediction)
         family = report["family"]

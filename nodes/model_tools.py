@@ -17,8 +17,22 @@ from ..core.stream import check_output_path
 DESTINATIONS = ["output/checkpoints", "models/checkpoints"]
 
 
-def output_path(name: str, destination: str, keep_name=False, overwrite=False) -> str:
-    """A confined output path: plain file names only, inside ComfyUI's output or checkpoints folder."""
+def _numbered(folder: str, name: str, companions=()) -> str:
+    """`name`, or the first free `stem_00001.ext`, `stem_00002.ext` ... as ComfyUI's save nodes number
+    their outputs (a name is taken when it or one of its companion files exists, links included)."""
+    stem, ext = os.path.splitext(name)
+    candidate, n = name, 0
+    while any(os.path.lexists(os.path.join(folder, candidate + c)) for c in ("",) + tuple(companions)):
+        n += 1
+        if n > 99999:
+            raise ModelsmithError(f"no free numbered name left for {name} in {folder}")
+        candidate = f"{stem}_{n:05d}{ext}"
+    return candidate
+
+
+def output_path(name: str, destination: str, keep_name=False, overwrite=False, companions=()) -> str:
+    """A confined output path: plain file names only, inside ComfyUI's output or checkpoints folder.
+    Unless `overwrite`, a taken name is numbered like ComfyUI's own save nodes do."""
     if not name or "/" in name or "\\" in name or ".." in name or os.path.isabs(name) or name.startswith("~"):
         raise ModelsmithError(f"output name {name!r}: give a plain file name (no folders, '..' or absolute paths)")
     if not keep_name:
@@ -34,6 +48,8 @@ def output_path(name: str, destination: str, keep_name=False, overwrite=False) -
     else:
         raise ModelsmithError(f"unknown destination {destination!r}")
     os.makedirs(folder, exist_ok=True)
+    if not overwrite:
+        name = _numbered(folder, name, companions)
     roots = [folder_paths.get_output_directory()] + list(folder_paths.get_folder_paths("checkpoints")) + \
         (list(folder_paths.get_folder_paths("diffusion_models")) if destination == "models/diffusion_models" else [])
     return check_output_path(os.path.join(folder, name), allowed_roots=roots, overwrite=overwrite)
@@ -73,15 +89,19 @@ class ModelsmithMergeCheckpoints:
                               "Optional: 'BASE:0.5,IN00:0.2,...' or one number per block (SD1 26, SDXL 21)."}),
             "density": ("FLOAT", {"default": 0.2, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": "TIES: share kept."}),
             "drop": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip": "DARE: drop probability."}),
-            "seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip": "DARE: random seed."}),
             "dtype": (["same as A", "fp16", "bf16", "fp32"], {"default": "fp16"}),
             "output_name": ("STRING", {"default": "merged", "tooltip": "A plain file name (ASCII, no spaces is safest)."}),
             "destination": (DESTINATIONS, {"default": "output/checkpoints"}),
             "overwrite": ("BOOLEAN", {"default": False}),
+        }, "optional": {
+            # named for what it seeds, and not `seed`: the frontend gives every `seed` widget an automatic
+            # "randomize after each run", which would make each Run a different merge
+            "dare_seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "tooltip":
+                          "DARE: the seed of its random drop (same seed, same merge)."}),
         }}
 
-    def merge(self, model_a, model_b, model_c, method, alpha, block_weights, density, drop, seed, dtype, output_name,
-              destination, overwrite):
+    def merge(self, model_a, model_b, model_c, method, alpha, block_weights, density, drop, dtype, output_name,
+              destination, overwrite, dare_seed=0):
         paths = [folder_paths.get_full_path_or_raise("checkpoints", n) for n in (model_a, model_b)]
         if model_c != "none":
             paths.append(folder_paths.get_full_path_or_raise("checkpoints", model_c))
@@ -92,11 +112,13 @@ class ModelsmithMergeCheckpoints:
                 blocks = parse_block_weights(block_weights, rep["family"], rep.get("details", {}).get("blocks", 28))
             except ValueError as e:
                 raise ModelsmithError(str(e)) from None
-        recipe = Recipe(method=method, inputs=paths, alpha=alpha, blocks=blocks, density=density, drop=drop, seed=seed,
+        recipe = Recipe(method=method, inputs=paths, alpha=alpha, blocks=blocks, density=density, drop=drop, seed=dare_seed,
                         dtype=None if dtype == "same as A" else dtype)
-        out = output_path(output_name, destination, overwrite=overwrite)
+        out = output_path(output_name, destination, overwrite=overwrite, companions=(".recipe.json",))
         rep = run_merge(recipe, out, overwrite=overwrite, progress=_progress_bar())
-        text = f"wrote {out}\n{rep['counts']}\n" + "\n".join(rep["warnings"])
+        counts = ", ".join(f"{n} {what.replace('_', ' ')}" for what, n in rep["counts"].items())
+        text = "\n".join([f"wrote {out}", f"tensors: {counts}", f"recipe: {out}.recipe.json"] +
+                          [f"warning: {w}" for w in rep["warnings"]])
         return {"ui": {"text": [text]}, "result": (out,)}
 
 

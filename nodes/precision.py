@@ -53,6 +53,8 @@ class ModelsmithVAEDecode:
                              "dtype": (list(DECODE_DTYPES), {"default": "auto", "tooltip": "auto: the VAE's current dtype."})}}
 
     def decode(self, samples, vae, dtype="auto"):
+        if vae is None:
+            raise ModelsmithError("VAE Decode: no VAE came in (the checkpoint has none?): connect a VAELoader's VAE")
         image, report = decode_without_nan(vae, samples["samples"], DECODE_DTYPES[dtype])
         if image.ndim == 5:
             image = image.reshape(-1, *image.shape[-3:])

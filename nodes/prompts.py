@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from ..core import prompt as P
+from ..core.errors import ModelsmithError
+from . import common
 
 _CONV = (list(P.CONVENTIONS), {"default": "anima", "tooltip": "Whose tag order and spelling to follow."})
 
@@ -39,18 +41,27 @@ class ModelsmithAnimaPrompt:
             "artist": _text("Artist names; Anima gets one '@' each.", ""),
             "general": _text("General tags.", "", multiline=True),
             "description": _text("Natural-language description (placed last).", "", multiline=True),
-        }, "optional": {"clip": ("CLIP", {"tooltip": "Connect to also get CONDITIONING outputs."})}}
+        }, "optional": {"clip": ("CLIP", {"tooltip": "Connect to also get CONDITIONING outputs."})},
+            "hidden": common.HIDDEN_GRAPH}
 
     def build(self, convention, quality, score, period, rating, count, character, series, artist, general,
-              description, clip=None):
-        pos = P.build(convention, quality=", ".join(x for x in (quality, score) if x.strip()), period=period,
+              description, clip=None, prompt=None, unique_id=None):
+        if clip is None and common.outputs_used(prompt, unique_id) & {2, 3}:
+            raise ModelsmithError("Prompt Builder: its CONDITIONING outputs are used but no CLIP is connected; "
+                                  "connect the model's CLIP to the builder's clip input")
+        fields = dict(quality=", ".join(x for x in (quality, score) if x.strip()), period=period,
                       rating="" if rating == "none" else rating, count=count, character=character, series=series,
-                      artist=artist, general=general, description=description)
+                      artist=artist, general=general)
+        pos = P.build(convention, description=description, **fields)
         neg = P.negative(convention)
+        # what the convention respelled or dropped, as the CLI shows it
+        typed = ", ".join(v for v in fields.values() if v and v.strip())
+        notes = [n for n in P.conversion_notes(typed, convention)]
         pc = nc = None
         if clip is not None:
             pc, nc = _encode(clip, pos), _encode(clip, neg)
-        return {"ui": {"text": [pos, neg]}, "result": (pos, neg, pc, nc)}
+        shown = [pos, neg] + (["notes:\n" + "\n".join(notes)] if notes else [])
+        return {"ui": {"text": shown}, "result": (pos, neg, pc, nc)}
 
 
 class ModelsmithTagNormalize:

@@ -90,10 +90,15 @@ class ModelsmithSDXLSampler:
             "settings": (common.SETTINGS, {"tooltip": "From the Modelsmith checkpoint loader."}),
             "vae": ("VAE", {"tooltip": "Connect to get the decoded IMAGE."}),
             "latent_image": ("LATENT", {"tooltip": "For img2img (with denoise < 1); otherwise an empty latent of the chosen size."}),
-        }}
+            "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per run (ignored with a latent_image)."}),
+        }, "hidden": common.HIDDEN_GRAPH}
 
     def sample(self, model, positive, negative, prediction, size, width, height, steps, cfg, cfg_rescale, rescale_phi,
-               sampler_name, scheduler, seed, denoise, settings=None, vae=None, latent_image=None):
+               sampler_name, scheduler, seed, denoise, settings=None, vae=None, latent_image=None, batch_size=1,
+               prompt=None, unique_id=None):
+        common.check_vae_for_image(vae, prompt, unique_id, 1, "SDXL Sampler")
+        common.check_conditioning(positive, "positive", prompt, unique_id)
+        common.check_conditioning(negative, "negative", prompt, unique_id)
         label, warnings = resolve(model, settings, prediction)
         pred, ztsnr = ("v", True) if label == "v+ztsnr" else (label, False)
         current = sampling_of(model)
@@ -107,7 +112,7 @@ class ModelsmithSDXLSampler:
             model = with_rescale_cfg(model, rescale_phi)
         if latent_image is None:
             w, h = resolution.preset_size(size, resolution.SDXL_PRESETS, resolution.snap(width, height, 64))
-            latent_image = {"samples": torch.zeros([1, 4, h // 8, w // 8],
+            latent_image = {"samples": torch.zeros([batch_size, 4, h // 8, w // 8],
                                                    device=comfy.model_management.intermediate_device())}
         (latent,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,
                                                 latent_image, denoise=denoise)

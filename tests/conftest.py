@@ -52,6 +52,13 @@ def comfy(models_dir, output_dir):
 
 
 @pytest.fixture(scope="session")
+def anima_files(comfy, models_dir):
+    """The tiny Anima's three files in the models folder (tests/tiny_anima.py)."""
+    import tiny_anima
+    return tiny_anima.save(models_dir)
+
+
+@pytest.fixture(scope="session")
 def tiny_files(comfy, models_dir):
     """Tiny checkpoints in the models folder: name -> path."""
     import tiny

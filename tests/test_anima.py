@@ -3,12 +3,6 @@ import pytest
 import torch
 
 
-@pytest.fixture(scope="session")
-def anima_files(comfy, models_dir):
-    import tiny_anima
-    return tiny_anima.save(models_dir)
-
-
 def _graph(dm, te, vae, steps=2, turbo=False):
     return {
         "1": {"class_type": "ModelsmithAnimaLoader", "inputs": {"diffusion_model": dm, "text_encoder": te, "vae": vae,
@@ -249,9 +243,9 @@ def test_turbo_is_8_steps_at_cfg_1(comfy, anima_files):
     s = nodes.NODE_CLASS_MAPPINGS["ModelsmithAnimaSampler"]()
     args = dict(positive_text="1girl", negative_text="", size="custom", width=32, height=32, sampler_name="euler",
                 scheduler="simple", seed=3, clip=clip)
-    turbo = s.sample(model, steps=30, cfg=4.0, turbo=True, **args)[0]["samples"]
-    plain = s.sample(model, steps=8, cfg=1.0, turbo=False, **args)[0]["samples"]
-    other = s.sample(model, steps=30, cfg=4.0, turbo=False, **args)[0]["samples"]
+    turbo = s.sample(model, steps=30, cfg=4.0, turbo=True, **args)["result"][0]["samples"]
+    plain = s.sample(model, steps=8, cfg=1.0, turbo=False, **args)["result"][0]["samples"]
+    other = s.sample(model, steps=30, cfg=4.0, turbo=False, **args)["result"][0]["samples"]
     assert torch.equal(turbo, plain) and not torch.equal(turbo, other)
     assert turbo.shape == (1, 16, 1, 4, 4)
 

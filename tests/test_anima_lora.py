@@ -146,10 +146,10 @@ def test_turbo_preset_takes_the_connected_lora(comfy, models_dir, compat_model):
     assert s.INPUT_TYPES()["optional"]["turbo_lora"][1]["default"] == "anima-turbo-lora-v0.2.safetensors"
     args = dict(positive_text="1girl", negative_text="", size="custom", width=32, height=32, sampler_name="euler",
                 scheduler="simple", seed=3, clip=clip, steps=30, cfg=4.0, turbo=True)
-    with_lora = s.sample(compat_model, turbo_lora="anima-turbo-lora-v0.2.safetensors", **args)[0]["samples"]
-    without = s.sample(compat_model, turbo_lora="none", **args)[0]["samples"]
+    with_lora = s.sample(compat_model, turbo_lora="anima-turbo-lora-v0.2.safetensors", **args)["result"][0]["samples"]
+    without = s.sample(compat_model, turbo_lora="none", **args)["result"][0]["samples"]
     carried = _apply("modelsmith", compat_model, "anima-turbo-lora-v0.2.safetensors", 1.0)
-    pre = s.sample(carried, turbo_lora="none", **args)[0]["samples"]
+    pre = s.sample(carried, turbo_lora="none", **args)["result"][0]["samples"]
     assert torch.equal(with_lora, pre) and not torch.equal(with_lora, without)
 
 

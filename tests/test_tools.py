@@ -330,10 +330,21 @@ def test_merge_node_in_process_and_path_tricks(run_graph, tiny_files, output_dir
     for bad in ("../escape", "/tmp/abs", "..", "sub/dir"):
         with pytest.raises(Exception, match="plain file name"):
             node.merge("tiny_sdxl.safetensors", "tiny_sdxl_nomarker.safetensors", "none", "weighted_sum", 0.5, "",
-                       0.2, 0.9, 0, "fp16", bad, "output/checkpoints", False)
-    with pytest.raises(Exception, match="exists"):
-        node.merge("tiny_sdxl.safetensors", "tiny_sdxl_nomarker.safetensors", "none", "weighted_sum", 0.5, "",
-                   0.2, 0.9, 0, "fp16", "node merge", "output/checkpoints", False)
+                       0.2, 0.9, "fp16", bad, "output/checkpoints", False)
+    # a taken name is numbered as ComfyUI's save nodes do; the first file keeps its bytes
+    first = (output_dir / "checkpoints" / "node_merge.safetensors").read_bytes()
+    again = node.merge("tiny_sdxl.safetensors", "tiny_sdxl_nomarker.safetensors", "none", "weighted_sum", 0.5, "",
+                       0.2, 0.9, "fp16", "node merge", "output/checkpoints", False)
+    assert again["result"][0] == str(output_dir / "checkpoints" / "node_merge_00001.safetensors")
+    assert (output_dir / "checkpoints" / "node_merge.safetensors").read_bytes() == first
+    text = again["ui"]["text"][0]
+    assert "tensors: " in text and "merged" in text and "{" not in text  # reads as text, not a Python dict
+
+
+def test_cli_names_agree_with_the_registries():
+    from modelsmith.core import merge, names, prompt, workflows
+    assert tuple(sorted(merge.METHODS)) == names.MERGE_METHODS
+    assert prompt.CONVENTIONS == names.CONVENTIONS and workflows.DEFAULT_SERVER == names.DEFAULT_SERVER
 
 
 def test_convert_node_over_http(server, output_dir):

@@ -96,6 +96,18 @@ def test_queue_cli_with_overrides_and_errors(wf_server, tmp_path):
     assert r.returncode == 2 and "ckpt_name" in r.stderr and "missing.safetensors" in r.stderr
 
 
+def test_queue_cli_refuses_unknown_nodes_and_inputs(wf_server):
+    """A typo in --set is an error naming the node's real inputs, before anything is queued."""
+    for override, why in (("4.stepz=20", "has no input 'stepz'"), ("99.steps=1", "node id of the workflow"),
+                          ("4steps=1", "NODE.INPUT=VALUE")):
+        r = subprocess.run([sys.executable, "-m", "modelsmith", "queue", "sdxl_t2i", "--server", wf_server.url,
+                            "--set", override], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and why in r.stderr and "Traceback" not in r.stderr, (override, r.stderr)
+    r = subprocess.run([sys.executable, "-m", "modelsmith", "queue", "sdxl_t2i", "--server", wf_server.url,
+                        "--set", "4.stepz=20"], capture_output=True, text=True, timeout=120)
+    assert "steps" in r.stderr  # the real input names are listed
+
+
 def test_fifty_prompts_back_to_back(wf_server):
     import psutil
     proc = psutil.Process(wf_server.proc.pid)
@@ -230,3 +242,81 @@ def test_node_api_is_served_identically_and_v1_stays(wf_server):
     import importlib
     v2, latest = importlib.import_module("comfy_api.v0_0_2"), importlib.import_module("comfy_api.latest")
     assert v2.io is latest.io
+
+
+def _browser(p):
+    flags = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+    return p.chromium.launch(executable_path=CHROMIUM, args=flags)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (make setup installs it as root)")
+def test_reports_stay_readable_and_errors_show_at_the_node(wf_server):
+    """In the real frontend: after a run the node shows its report as text below the user's own text
+    box and never shrinks (its size only grows); a user mistake (a Prompt Builder's CONDITIONING used
+    without a CLIP) shows the pack's sentence in the UI, not a Python error."""
+    from playwright.sync_api import sync_playwright, TimeoutError as PlaywrightTimeout
+    info = wf_server.get("/object_info")
+    art = os.path.join(os.path.dirname(__file__), "artifacts")
+    os.makedirs(art, exist_ok=True)
+    api = {"1": {"class_type": "ModelsmithTagNormalize", "inputs": {
+        "text": "masterpiece, newest, year 2023, safe, 1girl, smile", "convention": "pony"}}}
+    ui = wf.api_to_ui(api, info)
+    with sync_playwright() as p:
+        browser = _browser(p)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(wf_server.url, timeout=120000)
+            page.wait_for_function("() => window.app && window.app.graph", timeout=120000)
+            try:
+                page.wait_for_function("() => window.app.graph._nodes.length > 0", timeout=30000)
+            except PlaywrightTimeout:
+                pass
+            _load_in_ui(page, ui, "report")
+            page.evaluate("() => { const n = window.app.graph._nodes[0]; n.setSize([520, 420]); }")
+            before = page.evaluate("() => window.app.graph._nodes[0].size.slice()")
+            page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+            page.wait_for_function(
+                "() => { const w = (window.app.graph._nodes[0].widgets || []).find(w => w.name === 'modelsmith_report');"
+                " return w && String(w.value).includes('rating_safe'); }", timeout=60000)
+            page.wait_for_timeout(500)
+            state = page.evaluate("""() => { const n = window.app.graph._nodes[0];
+                const names = n.widgets.map(w => w.name);
+                const area = document.querySelector('textarea.modelsmith-report');
+                const r = area ? area.getBoundingClientRect() : null;
+                return {size: n.size.slice(), names, value: String(n.widgets.find(w => w.name === 'modelsmith_report').value),
+                        visible: !!r && r.height > 20 && r.width > 100}; }""")
+            page.screenshot(path=os.path.join(art, "report_after_run.png"))
+            assert state["size"][0] >= before[0] and state["size"][1] >= before[1], (before, state["size"])
+            assert "text" in state["names"] and state["visible"], state
+            assert "score_9, rating_safe, 1girl, smile" in state["value"] and "{" not in state["value"]
+            # a user mistake shows the pack's sentence in the UI
+            bad = {"1": {"class_type": "ModelsmithCheckpointLoader",
+                         "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors", "prediction": "auto"}},
+                   "2": {"class_type": "ModelsmithAnimaPrompt", "inputs": {
+                       "convention": "anima", "quality": "masterpiece", "score": "", "period": "", "rating": "safe",
+                       "count": "1girl", "character": "", "series": "", "artist": "", "general": "", "description": ""}},
+                   "3": {"class_type": "ModelsmithSDXLSampler", "inputs": {
+                       "model": ["1", 0], "positive": ["2", 2], "negative": ["2", 3], "prediction": "auto",
+                       "size": "custom", "width": 64, "height": 64, "steps": 1, "cfg": 0.0, "cfg_rescale": "auto",
+                       "rescale_phi": 0.7, "sampler_name": "euler", "scheduler": "normal", "seed": 1, "denoise": 1.0}}}
+            _load_in_ui(page, wf.api_to_ui(bad, info), "error")
+            page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+            try:
+                # frontend 1.32 (0.3.75) opens a dialog with the message; 1.47 (0.29) outlines the node in
+                # red and shows a toast whose "View details" holds the message
+                shown = ("() => document.body.innerText.includes('no CLIP is connected') || [...document.querySelectorAll("
+                         "'textarea')].some(e => e.value.includes('no CLIP is connected'))")
+                page.wait_for_function(f"() => ({shown})() || document.body.innerText.includes('View details')",
+                                       timeout=60000)
+                if not page.evaluate(shown):
+                    page.get_by_text("View details").first.click()
+                page.wait_for_function(shown, timeout=30000)
+            finally:
+                page.screenshot(path=os.path.join(art, "error_at_node.png"))
+            body = page.inner_text("body")
+            # the pack's sentence is the error; (1.47's error panel also lists ComfyUI's own stack trace
+            # under "details", which the pack does not control)
+            assert "NoneType" not in body and "is not subscriptable" not in body
+        finally:
+            browser.close()

@@ -209,20 +209,28 @@ def _error_text(hist):
 
 
 def test_merge_node_over_http_never_overwrites_or_follows(server, tiny_files, output_dir, tmp_path):
-    """Over the HTTP API: an existing recipe and a symlink at the output name each stop the Merge node
-    with the pack's sentence; the recipe and the link's target keep their bytes; the server goes on."""
+    """Over the HTTP API: an existing recipe and a symlink at the output name are never written
+    through; the node numbers its output instead (as ComfyUI's save nodes do), the recipe and the
+    link's target keep their bytes. With overwrite on, a link at the name is replaced itself (the
+    target untouched); the server goes on answering."""
     ck = output_dir / "checkpoints"
     ck.mkdir(exist_ok=True)
     (ck / "http_m1.safetensors.recipe.json").write_text("my notes")
     hist = server.queue_and_wait(_merge_graph("http_m1"))
-    assert hist["status"]["status_str"] == "error" and "recipe.json exists" in _error_text(hist)
+    assert hist["status"]["status_str"] == "success", _error_text(hist)
     assert (ck / "http_m1.safetensors.recipe.json").read_text() == "my notes" and not (ck / "http_m1.safetensors").exists()
+    assert (ck / "http_m1_00001.safetensors").exists() and (ck / "http_m1_00001.safetensors.recipe.json").exists()
     outside = tmp_path / "outside.safetensors"
     outside.write_bytes(b"precious")
     os.symlink(outside, ck / "http_m2.safetensors")
     hist = server.queue_and_wait(_merge_graph("http_m2"))
-    assert hist["status"]["status_str"] == "error" and "exists" in _error_text(hist)
-    assert outside.read_bytes() == b"precious"
-    hist = server.queue_and_wait(_merge_graph("http_m3"))
+    assert hist["status"]["status_str"] == "success" and (ck / "http_m2_00001.safetensors").exists()
+    assert outside.read_bytes() == b"precious" and os.path.islink(ck / "http_m2.safetensors")
+    g = _merge_graph("http_m2")
+    g["1"]["inputs"]["overwrite"] = True
+    hist = server.queue_and_wait(g)
     assert hist["status"]["status_str"] == "success", _error_text(hist)
-    assert (ck / "http_m3.safetensors").exists() and (ck / "http_m3.safetensors.recipe.json").exists()
+    assert outside.read_bytes() == b"precious" and not os.path.islink(ck / "http_m2.safetensors")
+    g = _merge_graph("../escape")
+    hist = server.queue_and_wait(g)
+    assert hist["status"]["status_str"] == "error" and "plain file name" in _error_text(hist)
