@@ -1,0 +1,358 @@
+"""Model Doctor: the whole models folder at a glance, from the tensors, with one-step fixes.
+
+A scan walks the model folders (checkpoints, diffusion_models/unet, text_encoders/clip, vae, loras),
+inspects every model file from its header (core/inspect.py) and lists, per file, what it is and what
+is wrong with it, each problem with a one-line why and the fix that applies. Scans are incremental:
+a file's summary is cached by (path, size, mtime) in a small JSON file in the user directory, so a
+rescan stats the files and inspects only what changed. Hashes (sha256 and Civitai's AutoV2, its first
+10 hex digits) are computed on demand and cached the same way, never recomputed on a rescan.
+
+Security: files are addressed by an id (folder kind + name relative to its root) that the scan itself
+made; a path from a request is never opened. Symlinks that lead out of the model folders are listed as
+refused and never read; fixes write only next to the file, inside the same folder, atomically, and
+never replace the original unless asked.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+import time
+
+from .errors import ModelsmithError
+from .files import safe_filename, write_new_text
+from .lora import _FITS
+
+KINDS = ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras")
+# ComfyUI's legacy folder names that hold the same kinds
+ALIASES = {"unet": "diffusion_models", "clip": "text_encoders"}
+MODEL_EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
+CACHE_VERSION = 2
+_SUMMARY_KEYS = ("family", "variant", "layout", "precision", "prediction", "ztsnr", "ema", "params", "kind",
+                 "components", "warnings", "modelspec", "lora")
+_DETAIL_KEYS = ("blocks", "width", "adapter_blocks", "text_encoder", "stock_native_truncates", "stock_native_blocks",
+                "extra_modules")
+# ModelSpec architecture ids (reference.md section 7) -> the families they name
+ARCH_FAMILIES = {"stable-diffusion-v1": "sd1", "stable-diffusion-v2-768-v": "sd2", "stable-diffusion-v2-512": "sd2",
+                 "stable-diffusion-xl-v1-base": "sdxl", "stable-diffusion-xl-v1-refiner": "sdxl-refiner",
+                 "stable-diffusion-v3-medium": "sd3", "flux-1-dev": "flux1", "flux-1-schnell": "flux1",
+                 "lumina-2": "lumina2", "anima-preview": "anima"}
+
+
+def file_id(kind: str, rel: str) -> str:
+    return f"{kind}/{rel}"
+
+
+class Cache:
+    """{path: {size, mtime_ns, summary, sha256}} in a JSON file, written atomically."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.data = {}
+        self.dirty = False
+        if path and os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    raw = json.load(f)
+                if isinstance(raw, dict) and raw.get("version") == CACHE_VERSION and isinstance(raw.get("files"), dict):
+                    self.data = raw["files"]
+            except (OSError, ValueError, RecursionError):
+                self.data = {}  # a damaged cache is rebuilt, never trusted
+
+    def get(self, path, st):
+        e = self.data.get(path)
+        if e and e.get("size") == st.st_size and e.get("mtime_ns") == st.st_mtime_ns:
+            return e
+        return None
+
+    def put(self, path, st, **fields):
+        e = self.get(path, st) or {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        e.update(fields)
+        self.data[path] = e
+        self.dirty = True
+        return e
+
+    def save(self):
+        if not self.path or not self.dirty:
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        try:
+            write_new_text(self.path, json.dumps({"version": CACHE_VERSION, "files": self.data}), overwrite=True)
+            self.dirty = False
+        except ModelsmithError:
+            pass  # a cache that cannot be written only costs time
+
+
+def _summary(report: dict) -> dict:
+    out = {k: report.get(k) for k in _SUMMARY_KEYS if report.get(k) is not None}
+    d = report.get("details") or {}
+    out["details"] = {k: d[k] for k in _DETAIL_KEYS if k in d}
+    out["format"] = (report.get("file") or {}).get("format")
+    return out
+
+
+def _walk(root: str):
+    """(relative name, path, lstat) of every model file under root; links are reported, not followed."""
+    stack = [""]
+    while stack:
+        rel_dir = stack.pop()
+        try:
+            with os.scandir(os.path.join(root, rel_dir)) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            rel = os.path.join(rel_dir, e.name) if rel_dir else e.name
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                if not e.name.startswith("."):
+                    stack.append(rel)
+            elif e.name.lower().endswith(MODEL_EXTS) and not e.name.startswith("."):
+                yield rel, e.path, st
+
+
+def _inside(path: str, roots) -> bool:
+    real = os.path.realpath(path)
+    return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+def scan(folders: dict, cache: Cache | None = None) -> list[dict]:
+    """Every model file of the given {kind: [root, ...]} folders, with its summary and problems."""
+    from .inspect import inspect_file
+    cache = cache or Cache(None)
+    roots_real = [os.path.realpath(r) for rs in folders.values() for r in rs if os.path.isdir(r)]
+    entries = []
+    for kind, roots in folders.items():
+        kind = ALIASES.get(kind, kind)
+        for root in roots:
+            if not os.path.isdir(root):
+                continue
+            for rel, path, lst in _walk(root):
+                entry = {"id": file_id(kind, rel), "kind": kind, "name": rel, "path": path, "size": lst.st_size}
+                if stat.S_ISLNK(lst.st_mode):
+                    if not _inside(path, roots_real):
+                        entry.update(status="refused", error="a link that leads out of the model folders; not read")
+                        entries.append(entry)
+                        continue
+                try:
+                    st = os.stat(path)
+                except OSError as e:
+                    entry.update(status="error", error=f"cannot read it ({e.strerror})")
+                    entries.append(entry)
+                    continue
+                entry["size"] = st.st_size
+                hit = cache.get(path, st)
+                if hit and "summary" in hit:
+                    summary, err = hit["summary"], hit.get("error")
+                else:
+                    try:
+                        summary, err = _summary(inspect_file(path)), None
+                    except ModelsmithError as e:
+                        summary, err = None, str(e).replace(path + ": ", "")
+                    except (OSError, ValueError, RuntimeError) as e:
+                        summary, err = None, f"could not be inspected ({type(e).__name__}: {str(e)[:160]})"
+                    cache.put(path, st, summary=summary, error=err)
+                hit = cache.get(path, st) or {}
+                entry.update(status="refused" if err and "refused to load" in err else ("error" if err else "ok"),
+                             summary=summary, error=err, sha256=hit.get("sha256"))
+                entries.append(entry)
+    relist(entries)
+    cache.save()
+    return entries
+
+
+def relist(entries: list[dict]) -> None:
+    """(Re)compute every entry's problems; what one file's problems depend on in the others (the
+    models present, equal hashes) is gathered once, so this is linear in the number of files."""
+    ctx = {"models": {((e["summary"].get("family")), (e["summary"].get("details") or {}).get("blocks"))
+                      for e in entries if e.get("summary") and (e["summary"].get("components") or {}).get("denoiser")},
+           "hashes": {}}
+    for e in entries:
+        if e.get("sha256"):
+            ctx["hashes"].setdefault(e["sha256"], []).append(e["id"])
+    for e in entries:
+        e["problems"] = problems(e, ctx)
+
+
+def _p(code, why, fix=None):
+    return {"code": code, "why": why, **({"fix": fix} if fix else {})}
+
+
+def problems(entry: dict, ctx: dict) -> list[dict]:
+    """The problems of one scanned file, each {code, why, fix?} (fix: an action `apply_fix` takes)."""
+    out = []
+    name = os.path.basename(entry["name"])
+    if entry.get("status") == "refused":
+        out.append(_p("refused", entry.get("error") or "refused"))
+    elif entry.get("status") == "error":
+        out.append(_p("unreadable", entry.get("error") or "unreadable"))
+    if name != name.encode("ascii", "ignore").decode() or re.search(r"\s", name):
+        out.append(_p("name", "spaces or non-ASCII characters in the name break scripts and some loaders",
+                      "rename"))
+    s = entry.get("summary")
+    if not s:
+        return out
+    if s.get("format") == "pickle":
+        out.append(_p("pickle", "a pickle checkpoint: other tools may run code hidden in it; the allowlist reads "
+                      "this one, so it converts safely to safetensors", "convert"))
+    has_denoiser = (s.get("components") or {}).get("denoiser")
+    spec = s.get("modelspec") or {}
+    pred = s.get("prediction")
+    meta_pred = {"v": "v", "v_prediction": "v", "epsilon": "eps", "eps": "eps"}.get(str(spec.get("prediction_type", "")).lower())
+    if has_denoiser and s.get("family") in ("sdxl", "sd1", "sd2") and meta_pred == "v" and pred == "eps":
+        out.append(_p("vpred-markers", "its metadata says v-prediction but it has no v_pred marker: ComfyUI samples it "
+                      "as eps and the images come out gray or noisy", "markers"))
+    elif has_denoiser and meta_pred and pred in ("eps", "v") and meta_pred != pred:
+        out.append(_p("markers-contradict", f"its markers say {pred} but its metadata says {meta_pred}"))
+    arch = spec.get("architecture")
+    if has_denoiser and arch in ARCH_FAMILIES and ARCH_FAMILIES[arch] != s.get("family") \
+            and not (ARCH_FAMILIES[arch] == "sd2" and s.get("family") == "sd2"):
+        out.append(_p("metadata-lies", f"its metadata says {arch} but the tensors are {s.get('family')}"))
+    if s.get("ema"):
+        out.append(_p("ema", "EMA weights kept: about twice the size, and sampling uses only one copy", "prune"))
+    if has_denoiser and s.get("precision") == "fp32":
+        out.append(_p("fp32", "stored in fp32: half the size in fp16 with no visible difference", "fp16"))
+    d = s.get("details") or {}
+    if s.get("family") == "anima" and d.get("stock_native_truncates"):
+        out.append(_p("anima-truncated", f"a {d.get('blocks')}-block Anima: ComfyUI's stock loaders build only "
+                      f"{d.get('stock_native_blocks')} blocks from it (broken images); use Modelsmith's Anima loader"))
+    lora = s.get("lora")
+    if lora and lora.get("family") not in (None, "unknown"):
+        models = ctx["models"]
+        fits = [m for m in models if _lora_fits(lora, m)]
+        if models and not fits:
+            out.append(_p("lora-orphan", f"made for {lora.get('targets') or lora.get('family')}; no model here matches it"))
+    if s.get("kind") == "vae" and "sdxl" in name.lower() and "fp16" not in name.lower():
+        out.append(_p("vae-fp16", "the SDXL VAE overflows to NaN in fp16: decode in bf16/fp32 or use "
+                      "sdxl-vae-fp16-fix"))
+    if entry.get("sha256"):
+        dups = [i for i in ctx["hashes"].get(entry["sha256"], []) if i != entry["id"]]
+        if dups:
+            out.append(_p("duplicate", "the same bytes as " + ", ".join(dups)))
+    return out
+
+
+def _lora_fits(lora, model) -> bool:
+    family, blocks = model
+    if family not in _FITS.get(lora["family"], (lora["family"],)):
+        return False
+    if lora["family"] == "anima" and blocks and lora.get("max_block") is not None:
+        return lora["max_block"] < blocks and (not lora.get("anima_depth") or lora["anima_depth"] == blocks)
+    return True
+
+
+# ----------------------------------------------------------------------------------------------
+# Hashes
+
+def sha256_file(path: str, progress=None, chunk=8 << 20) -> str:
+    h = hashlib.sha256()
+    total = os.path.getsize(path)
+    done = 0
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+            done += len(b)
+            if progress:
+                progress(done, total)
+    return h.hexdigest()
+
+
+def autov2(sha256: str) -> str:
+    """Civitai's AutoV2 short hash: the first 10 hex digits of the file's sha256, upper case."""
+    return sha256[:10].upper()
+
+
+def file_hash(path: str, cache: Cache, progress=None) -> str:
+    st = os.stat(path)
+    hit = cache.get(path, st)
+    if hit and hit.get("sha256"):
+        return hit["sha256"]
+    digest = sha256_file(path, progress)
+    cache.put(path, st, sha256=digest)
+    cache.save()
+    return digest
+
+
+# ----------------------------------------------------------------------------------------------
+# Fixes: each writes a new file next to the original (atomically), the original untouched unless asked
+
+FIXES = ("convert", "markers", "prune", "fp16", "rename")
+
+
+def fix_output(path: str, action: str) -> str:
+    folder, name = os.path.split(path)
+    stem = os.path.splitext(name)[0]
+    if action == "rename":
+        return os.path.join(folder, safe_filename(name))
+    suffix = {"convert": "", "markers": "-vpred", "prune": "-pruned", "fp16": "-fp16"}[action]
+    return os.path.join(folder, safe_filename(stem + suffix) + ".safetensors")
+
+
+def apply_fix(entry: dict, action: str, *, replace: bool = False, progress=None) -> dict:
+    """Run one fix on a scanned file. `replace`: the result takes the original's place (the original is
+    removed only after the new file is complete). Returns {"output", "action"}."""
+    from .convert import run_convert
+    if action not in FIXES:
+        raise ModelsmithError(f"unknown fix {action!r}; fixes are {', '.join(FIXES)}")
+    offered = {p.get("fix") for p in entry.get("problems", [])}
+    if action not in offered:
+        raise ModelsmithError(f"{entry['name']}: '{action}' does not apply to this file (its problems offer "
+                              f"{', '.join(sorted(x for x in offered if x)) or 'no fix'})")
+    src = entry["path"]
+    out = fix_output(src, action)
+    if action == "rename":
+        if os.path.basename(out) == os.path.basename(src):
+            raise ModelsmithError(f"{entry['name']}: the name is already safe")
+        try:
+            os.link(src, out)  # fails if the new name exists: never clobbers
+        except FileExistsError:
+            raise ModelsmithError(f"{os.path.basename(out)} exists already; not renamed") from None
+        os.unlink(src)
+        return {"output": out, "action": action}
+    if os.path.abspath(out) == os.path.abspath(src) or replace:
+        out = os.path.splitext(out)[0] + f".modelsmith-{int(time.time())}.safetensors" if replace else out
+    if action == "convert":
+        run_convert(src, out, dtype=None, ema="keep", progress=progress)
+    elif action == "prune":
+        run_convert(src, out, dtype=None, ema="drop", progress=progress)
+    elif action == "fp16":
+        run_convert(src, out, dtype="fp16", ema="keep", progress=progress)
+    elif action == "markers":
+        add_vpred_markers(src, out, ztsnr=False, progress=progress)
+    if replace:
+        final = src if src.endswith(".safetensors") else os.path.splitext(src)[0] + ".safetensors"
+        os.replace(out, final)
+        if final != src:
+            os.unlink(src)
+        out = final
+    return {"output": out, "action": action}
+
+
+def add_vpred_markers(src: str, out: str, *, ztsnr: bool = False, progress=None) -> str:
+    """A copy of a safetensors checkpoint with the empty `v_pred` (and `ztsnr`) marker tensors ComfyUI
+    and A1111 read, plus `modelspec.prediction_type` = v; tensors streamed, never all in memory. (The
+    header cannot grow in place without moving all the data, and rewriting the original in place would
+    not be atomic, so this is always a streaming copy.)"""
+    import torch
+    from .stream import AtomicWriter, Reader
+    with Reader(src) as r:
+        entries = {k: (r.info(k)[0], r.info(k)[1]) for k in r.keys()}
+        meta = dict(r.metadata or {})
+        for m in ("v_pred",) + (("ztsnr",) if ztsnr else ()):
+            entries.setdefault(m, ("F32", (0,)))
+        meta["modelspec.prediction_type"] = "v"
+        keys = list(entries)
+        with AtomicWriter(out, entries, meta) as w:
+            for i, k in enumerate(keys):
+                w.add(k, r.get(k) if k in r else torch.zeros(0))
+                if progress:
+                    progress(i + 1, len(keys))
+    return out

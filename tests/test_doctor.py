@@ -1,0 +1,241 @@
+"""Model Doctor: the models folder at a glance in the CLI, the pack's route and its page, with fixes,
+hashes, a cache, and requests that can only name files the scan listed."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import safetensors.torch
+import torch
+
+from modelsmith.core import doctor
+from modelsmith.core.inspect import inspect_file
+from modelsmith.core.safetensors_io import write_sparse
+
+
+def _sdxl_table():
+    t = {f"model.diffusion_model.input_blocks.{i}.0.weight": ("F16", (320, 4 if i == 0 else 320, 3, 3)) for i in range(9)}
+    t["model.diffusion_model.label_emb.0.0.weight"] = ("F16", (1280, 2816))
+    t["model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"] = ("F16", (640, 2048))
+    return t
+
+
+def _anima_table(blocks):
+    t = {f"net.blocks.{i}.mlp.layer1.weight": ("BF16", (8192, 2048)) for i in range(blocks)}
+    t.update({"net.x_embedder.proj.1.weight": ("BF16", (2048, 68)), "net.llm_adapter.embed.weight": ("BF16", (32128, 1024)),
+              "net.llm_adapter.blocks.0.cross_attn.q_proj.weight": ("BF16", (1024, 1024)),
+              "net.llm_adapter.blocks.0.cross_attn.k_proj.weight": ("BF16", (1024, 1024))})
+    return t
+
+
+def build_models(root):
+    """A models folder with one file per problem the doctor knows (real formats, small or sparse)."""
+    for k in ("checkpoints", "diffusion_models", "loras", "vae", "text_encoders"):
+        (root / k).mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    sd = {"model.diffusion_model.input_blocks.0.0.weight": torch.randn(320, 4, 3, 3, generator=g),
+          "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": torch.randn(320, 768, generator=g)}
+    sd.update({"model_ema.diffusion_modelinput_blocks00weight": sd["model.diffusion_model.input_blocks.0.0.weight"] + 1,
+               "model_ema.decay": torch.tensor(0.999)})
+    torch.save({"state_dict": sd}, root / "checkpoints" / "my model.ckpt")
+    write_sparse(root / "checkpoints" / "vpred_nomarker.safetensors", _sdxl_table(),
+                 metadata={"modelspec.prediction_type": "v", "modelspec.architecture": "stable-diffusion-xl-v1-base"})
+    shutil.copy(root / "checkpoints" / "vpred_nomarker.safetensors", root / "checkpoints" / "copy.safetensors")
+    write_sparse(root / "checkpoints" / "says_sd1.safetensors", _sdxl_table(),
+                 metadata={"modelspec.architecture": "stable-diffusion-v1"})
+    write_sparse(root / "diffusion_models" / "anima-40.safetensors", _anima_table(40))
+    lora = {}
+    for i in range(52):
+        lora[f"lora_unet_blocks_{i}_self_attn_q_proj.lora_down.weight"] = ("BF16", (16, 2048))
+        lora[f"lora_unet_blocks_{i}_self_attn_q_proj.lora_up.weight"] = ("BF16", (2048, 16))
+    write_sparse(root / "loras" / "for_3.8b.safetensors", lora)
+    write_sparse(root / "vae" / "sdxl_vae.safetensors", {"encoder.conv_in.weight": ("F32", (128, 3, 3, 3)),
+                                                         "decoder.conv_in.weight": ("F32", (512, 4, 3, 3))})
+    (root / "checkpoints" / "evil.ckpt").write_bytes(b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00trueq\x00\x85R.")
+    outside = root.parent / "outside_secret.safetensors"
+    safetensors.torch.save_file({"x": torch.zeros(2)}, str(outside))
+    os.symlink(outside, root / "checkpoints" / "link_out.safetensors")
+    return root
+
+
+EXPECTED = {
+    "checkpoints/my model.ckpt": {"name", "pickle", "ema", "fp32"},
+    "checkpoints/vpred_nomarker.safetensors": {"vpred-markers"},
+    "checkpoints/says_sd1.safetensors": {"metadata-lies"},
+    "diffusion_models/anima-40.safetensors": {"anima-truncated"},
+    "loras/for_3.8b.safetensors": {"lora-orphan"},
+    "vae/sdxl_vae.safetensors": {"vae-fp16"},
+    "checkpoints/evil.ckpt": {"refused"},
+    "checkpoints/link_out.safetensors": {"refused"},
+}
+
+
+def _cli(*args, env=None):
+    r = subprocess.run([sys.executable, "-m", "modelsmith", "doctor", *map(str, args)], capture_output=True, text=True,
+                       timeout=600, env=env)
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    return r
+
+
+@pytest.fixture()
+def models(tmp_path):
+    return build_models(tmp_path / "models")
+
+
+@pytest.fixture()
+def env(tmp_path):
+    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+
+def test_cli_lists_every_file_with_its_problems(models, env):
+    r = _cli(models, "--json", env=env)
+    assert r.returncode == 0, r.stderr
+    got = {e["id"]: {p["code"] for p in e["problems"]} for e in json.loads(r.stdout)}
+    for fid, codes in EXPECTED.items():
+        assert codes <= got[fid], (fid, got[fid])
+    assert got["checkpoints/copy.safetensors"] == {"vpred-markers"}  # duplicate only once hashed
+    assert all("path" not in e for e in json.loads(r.stdout))
+    text = _cli(models, env=env).stdout
+    assert "its metadata says v-prediction but it has no v_pred marker" in text and "[fix: doctor --fix markers" in text
+    assert "a link that leads out of the model folders; not read" in text
+
+
+def test_cli_fixes_write_new_files_and_keep_the_originals(models, env):
+    before = (models / "checkpoints" / "my model.ckpt").read_bytes()
+    r = _cli(models, "--fix", "fp16", "checkpoints/my model.ckpt", env=env)
+    assert r.returncode == 0, r.stderr
+    out = inspect_file(models / "checkpoints" / "my_model-fp16.safetensors")
+    assert out["precision"] == "fp16" and out["ema"] and out["file"]["format"] == "safetensors"
+    assert (models / "checkpoints" / "my model.ckpt").read_bytes() == before
+    assert _cli(models, "--fix", "prune", "checkpoints/my model.ckpt", env=env).returncode == 0
+    assert not inspect_file(models / "checkpoints" / "my_model-pruned.safetensors")["ema"]
+    assert _cli(models, "--fix", "markers", "checkpoints/vpred_nomarker.safetensors", env=env).returncode == 0
+    fixed = inspect_file(models / "checkpoints" / "vpred_nomarker-vpred.safetensors")
+    assert fixed["prediction"] == "v" and fixed["modelspec"]["prediction_type"] == "v"
+    r = _cli(models, "--fix", "rename", "checkpoints/my model.ckpt", env=env)
+    assert r.returncode == 0 and (models / "checkpoints" / "my_model.ckpt").read_bytes() == before
+    assert not (models / "checkpoints" / "my model.ckpt").exists()
+    for bad, why in ((("fp16", "checkpoints/../../etc/passwd"), "no file"), (("fp16", "/etc/passwd"), "no file"),
+                     (("ema", "checkpoints/my_model.ckpt"), "invalid choice"),
+                     (("markers", "checkpoints/says_sd1.safetensors"), "does not apply"),
+                     (("fp16", "checkpoints/link_out.safetensors"), "does not apply")):
+        r = subprocess.run([sys.executable, "-m", "modelsmith", "doctor", str(models), "--fix", *bad],
+                           capture_output=True, text=True, env=env)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert why in r.stderr or why == "invalid choice", (bad, r.stderr)
+
+
+def test_hashes_are_computed_once_and_find_duplicates(models, env, tmp_path, monkeypatch):
+    r = _cli(models, "--hash", "--json", env=env)
+    got = {e["id"]: e for e in json.loads(r.stdout)}
+    a, b = got["checkpoints/vpred_nomarker.safetensors"], got["checkpoints/copy.safetensors"]
+    assert a["sha256"] == b["sha256"] and len(a["sha256"]) == 64
+    assert any(p["code"] == "duplicate" and "copy.safetensors" in p["why"] for p in a["problems"])
+    assert "AutoV2 " + a["sha256"][:10].upper() in _cli(models, "--hash", env=env).stdout
+    calls = []
+    real = doctor.sha256_file
+    monkeypatch.setattr(doctor, "sha256_file", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    cache = doctor.Cache(str(tmp_path / "c.json"))
+    p = str(models / "checkpoints" / "copy.safetensors")
+    h1 = doctor.file_hash(p, cache)
+    h2 = doctor.file_hash(p, doctor.Cache(str(tmp_path / "c.json")))  # a new process reads the cache file
+    assert h1 == h2 == a["sha256"] and len(calls) == 1
+    os.utime(p, ns=(1, 1))  # a changed file (mtime) is hashed again
+    doctor.file_hash(p, doctor.Cache(str(tmp_path / "c.json")))
+    assert len(calls) == 2
+
+
+def test_rescan_reads_only_what_changed(models, tmp_path, monkeypatch):
+    from modelsmith.core import inspect as ins
+    folders = {k: [str(models / k)] for k in ("checkpoints", "diffusion_models", "loras", "vae")}
+    cache_file = str(tmp_path / "scan.json")
+    first = doctor.scan(folders, doctor.Cache(cache_file))
+    seen = []
+    real = ins.inspect_file
+    monkeypatch.setattr(ins, "inspect_file", lambda p: seen.append(p) or real(p))
+    again = doctor.scan(folders, doctor.Cache(cache_file))
+    assert seen == [] and [e["id"] for e in again] == [e["id"] for e in first]
+    os.utime(models / "vae" / "sdxl_vae.safetensors", ns=(5, 5))
+    doctor.scan(folders, doctor.Cache(cache_file))
+    assert seen == [str(models / "vae" / "sdxl_vae.safetensors")]
+
+
+@pytest.fixture(scope="module")
+def doctor_server(comfy, tmp_path_factory):
+    from conftest import start_server, stop_server
+    base = tmp_path_factory.mktemp("doctor")
+    models = build_models(base / "models")
+    srv = start_server(models, tmp_path_factory.mktemp("doctor_out"), base / "comfyui.log")
+    srv.models = models
+    yield srv
+    stop_server(srv)
+
+
+def _post(srv, path, body):
+    import urllib.error
+    import urllib.request
+    req = urllib.request.Request(srv.url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_route_lists_the_folder_and_refuses_path_tricks(doctor_server):
+    files = doctor_server.get("/modelsmith/doctor")["files"]
+    got = {f["id"]: {p["code"] for p in f["problems"]} for f in files}
+    for fid, codes in EXPECTED.items():
+        assert codes <= got[fid], (fid, got[fid])
+    assert all("path" not in f for f in files)
+    for body in ({"id": "../../../etc/passwd", "action": "fp16"}, {"id": "/etc/passwd", "action": "fp16"},
+                 {"id": "checkpoints/../../outside_secret.safetensors", "action": "fp16"},
+                 {"id": "checkpoints/link_out.safetensors", "action": "fp16"}, {"id": 5}, ["x"]):
+        status, res = _post(doctor_server, "/modelsmith/doctor/fix", body)
+        assert status == 400 and res["error"], (body, res)
+    status, res = _post(doctor_server, "/modelsmith/doctor/hash", {"id": "checkpoints/link_out.safetensors"})
+    assert status == 400
+    assert (doctor_server.models.parent / "outside_secret.safetensors").stat().st_size > 0
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (make setup installs it as root)")
+def test_page_shows_problems_and_runs_a_fix(doctor_server):
+    from playwright.sync_api import sync_playwright
+    art = os.path.join(os.path.dirname(__file__), "artifacts")
+    os.makedirs(art, exist_ok=True)
+    flags = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
+        try:
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(doctor_server.url, timeout=120000)
+            page.wait_for_function("() => window.app && window.modelsmithDoctor", timeout=120000)
+            page.evaluate("() => window.modelsmithDoctor()")
+            page.wait_for_selector("tr.modelsmith-doctor-row", timeout=60000)
+            rows = page.evaluate("() => [...document.querySelectorAll('tr.modelsmith-doctor-row')].map(r => "
+                                 "[r.dataset.id, [...r.querySelectorAll('.modelsmith-doctor-problem')].map(d => d.dataset.code)])")
+            got = {fid: set(codes) for fid, codes in rows}
+            for fid, codes in EXPECTED.items():
+                assert codes <= got[fid], (fid, got.get(fid))
+            page.fill("input.modelsmith-doctor-filter", "anima")  # the filter narrows the table
+            page.wait_for_timeout(300)
+            shown = page.evaluate("() => [...document.querySelectorAll('tr.modelsmith-doctor-row')].map(r => r.dataset.id)")
+            assert "diffusion_models/anima-40.safetensors" in shown and "vae/sdxl_vae.safetensors" not in shown
+            page.fill("input.modelsmith-doctor-filter", "")
+            page.click("tr.modelsmith-doctor-row[data-id='checkpoints/vpred_nomarker.safetensors'] "
+                       "button.modelsmith-doctor-fix[data-fix='markers']")
+            page.wait_for_selector("tr.modelsmith-doctor-row[data-id='checkpoints/vpred_nomarker-vpred.safetensors']",
+                                   timeout=120000)
+            page.screenshot(path=os.path.join(art, "model_doctor.png"))
+            status = page.inner_text(".modelsmith-doctor-status")
+            assert "wrote vpred_nomarker-vpred.safetensors" in status
+        finally:
+            browser.close()
+    fixed = inspect_file(doctor_server.models / "checkpoints" / "vpred_nomarker-vpred.safetensors")
+    assert fixed["prediction"] == "v"
