@@ -24,8 +24,30 @@ VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 from .names import DEFAULT_SERVER  # noqa: E402,F401
 
 
+# The template browser shows a workflow's file name as its title (and `<title>.jpg` as its thumbnail),
+# so the UI graphs carry readable names; the CLI and the API twins keep the short ids.
+TITLES = {
+    "anima_t2i": "Anima - text to image",
+    "anima_t2i_turbo": "Anima - turbo (8 steps, CFG 1)",
+    "anima_fp16": "Anima - fp16 without overflow",
+    "anima_fp8_nvfp4": "Anima - fp8 and nvfp4 weights",
+    "sdxl_t2i": "SDXL - text to image",
+    "sdxl_vpred_ztsnr_t2i": "SDXL - v-prediction and zero terminal SNR",
+    "prompt_builder_to_sdxl": "Prompt Builder - Illustrious, NoobAI, Pony tags to SDXL",
+    "inspect_model": "Inspect a model file",
+    "merge_block_weights": "Merge checkpoints with block weights",
+    "prune_convert_for_distribution": "Prune and convert for distribution",
+    "quantize_and_save": "Quantize and save (fp8, nvfp4)",
+}
+
+
 def bundled() -> list[str]:
     return sorted(f[:-5] for f in os.listdir(API_DIR) if f.endswith(".json"))
+
+
+def ui_path(name: str) -> str:
+    """The UI graph of a bundled workflow (its file name is the title the template browser shows)."""
+    return os.path.join(WORKFLOW_DIR, f"{TITLES.get(name, name)}.json")
 
 
 def load_api(name_or_path: str) -> dict:
@@ -369,7 +391,7 @@ def build_all(object_info: dict, names=None) -> list[str]:
     written = []
     for name in names or bundled():
         ui = api_to_ui(load_api(name), object_info, NOTES.get(name, ""))
-        path = os.path.join(WORKFLOW_DIR, f"{name}.json")
+        path = ui_path(name)
         with open(path, "w") as f:
             json.dump(ui, f, indent=1)
         written.append(path)
@@ -381,7 +403,7 @@ def check_all(object_info: dict) -> dict:
     report = {}
     for name in bundled():
         problems = []
-        path = os.path.join(WORKFLOW_DIR, f"{name}.json")
+        path = ui_path(name)
         if not os.path.isfile(path):
             report[name] = ["no UI graph (run: python -m modelsmith workflows build)"]
             continue

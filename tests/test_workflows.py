@@ -52,7 +52,7 @@ def test_every_workflow_validates(wf_server):
 
 def test_validator_catches_problems(wf_server):
     info = wf_server.get("/object_info")
-    with open(os.path.join(wf.WORKFLOW_DIR, "sdxl_t2i.json")) as f:
+    with open(wf.ui_path("sdxl_t2i")) as f:
         ui = json.load(f)
     bad = json.loads(json.dumps(ui))
     bad["nodes"][0]["type"] = "NoSuchNode"
@@ -66,9 +66,20 @@ def test_validator_catches_problems(wf_server):
     assert any("gives" in p for p in wf.validate_ui(bad, info))
 
 
-def test_templates_are_listed(wf_server):
-    listed = wf_server.get("/workflow_templates")
-    assert set(wf.bundled()) <= set(listed.get("modelsmith", []))
+def test_templates_are_listed_with_titles_and_thumbnails(wf_server):
+    """The template browser lists each workflow under a readable title (its file name) with a
+    thumbnail `<title>.jpg` served beside it (a real JPEG rendered from the graph in the UI)."""
+    import urllib.parse
+    import urllib.request
+    listed = set(wf_server.get("/workflow_templates").get("modelsmith", []))
+    assert {wf.TITLES[n] for n in wf.bundled()} <= listed and set(wf.TITLES) == set(wf.bundled())
+    for name in wf.bundled():
+        title = wf.TITLES[name]
+        assert " " in title and "_" not in title, title
+        url = f"{wf_server.url}/api/workflow_templates/modelsmith/{urllib.parse.quote(title)}.jpg"
+        with urllib.request.urlopen(url, timeout=30) as r:
+            data = r.read()
+        assert data[:3] == b"\xff\xd8\xff" and len(data) > 2000, title
 
 
 QUICK = {"steps": 2, "size": "custom", "width": 64, "height": 64}
@@ -183,7 +194,7 @@ def test_workflows_load_in_the_browser_without_missing_nodes(wf_server):
             except PlaywrightTimeout:
                 pass
             for name in wf.bundled():
-                with open(os.path.join(wf.WORKFLOW_DIR, f"{name}.json")) as f:
+                with open(wf.ui_path(name)) as f:
                     ui = json.load(f)
                 _load_in_ui(page, ui, name)
                 body = page.inner_text("body").lower()
