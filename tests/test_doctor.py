@@ -232,9 +232,13 @@ def test_page_shows_problems_and_runs_a_fix(doctor_server):
                        "button.modelsmith-doctor-fix[data-fix='markers']")
             page.wait_for_selector("tr.modelsmith-doctor-row[data-id='checkpoints/vpred_nomarker-vpred.safetensors']",
                                    timeout=120000)
+            for fid in ("checkpoints/copy.safetensors", "checkpoints/vpred_nomarker.safetensors"):  # hashes on demand
+                page.click(f"tr.modelsmith-doctor-row[data-id='{fid}'] button.modelsmith-doctor-hashbtn")
+                page.wait_for_selector(f"tr.modelsmith-doctor-row[data-id='{fid}'] .modelsmith-doctor-hash", timeout=60000)
+            page.wait_for_selector("tr.modelsmith-doctor-row[data-id='checkpoints/copy.safetensors'] "
+                                   ".modelsmith-doctor-problem[data-code='duplicate']", timeout=30000)
             page.screenshot(path=os.path.join(art, "model_doctor.png"))
-            status = page.inner_text(".modelsmith-doctor-status")
-            assert "wrote vpred_nomarker-vpred.safetensors" in status
+            assert (doctor_server.models / "checkpoints" / "vpred_nomarker-vpred.safetensors").exists()
         finally:
             browser.close()
     fixed = inspect_file(doctor_server.models / "checkpoints" / "vpred_nomarker-vpred.safetensors")

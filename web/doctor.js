@@ -110,7 +110,27 @@ function render(root) {
           }
           if (!f.problems.length) td.textContent = "ok";
         } else if (key === "size") {
-          td.textContent = fmtSize(f.size);
+          td.textContent = fmtSize(f.size) + " ";
+          if (f.sha256) {
+            const h = document.createElement("div");
+            h.className = "modelsmith-doctor-hash";
+            h.textContent = "AutoV2 " + f.sha256.slice(0, 10).toUpperCase();
+            h.title = "sha256 " + f.sha256;
+            td.append(h);
+          } else if (f.status === "ok") {
+            const b = document.createElement("button");
+            b.textContent = "hash";
+            b.className = "modelsmith-doctor-hashbtn";
+            b.onclick = async () => {
+              const r = await api.fetchApi("/modelsmith/doctor/hash", { method: "POST", body: JSON.stringify({ id: f.id }) });
+              const j = await r.json();
+              if (!r.ok) { status.textContent = j.error; return; }
+              const res = await waitJob(j.job, status);
+              status.textContent = res.state === "done" ? `${f.id}: AutoV2 ${res.result.autov2}` : res.error;
+              await load(status.textContent);
+            };
+            td.append(b);
+          }
         } else {
           td.textContent = value(f, key);
         }
