@@ -16,7 +16,8 @@ import torch  # noqa: E402
 def build(dtype, blocks=4, width=256):
     import comfy.ops
     import tiny
-    from modelsmith.compat.anima import AnimaDiT, enable_fp32_residual
+    from modelsmith.compat.anima import AnimaDiT
+    from modelsmith.compat.fp16_residual import enable_fp32_residual
     m = AnimaDiT(max_img_h=240, max_img_w=240, max_frames=128, in_channels=16, out_channels=16, patch_spatial=2,
                  patch_temporal=1, concat_padding_mask=True, model_channels=width, num_blocks=blocks, num_heads=4,
                  crossattn_emb_channels=64, pos_emb_cls="rope3d", use_adaln_lora=True, adaln_lora_dim=32,

@@ -26,6 +26,14 @@ from ..core.errors import ModelsmithError
 from ..core.quantize import PRESETS, excluded, parse_exclude, preset_for
 from ..kernels.qlinear import FORMATS, QuantLinear, compute_path
 
+
+def _calculate_weight(patches, weight, key):
+    import comfy.lora
+    return comfy.lora.calculate_weight(patches, weight, key, intermediate_dtype=torch.float32)
+
+
+QuantLinear.calculate_weight = staticmethod(_calculate_weight)  # LoRA patches on the pack's layers
+
 # what ModelPatcher keeps on the model about its loading: a fresh copy starts unloaded
 _MODEL_STATE = {"model_loaded_weight_memory": 0, "lowvram_patch_counter": 0, "model_lowvram": False,
                 "current_weight_patches_uuid": None, "model_offload_buffer_memory": 0}
@@ -225,7 +233,7 @@ def quantized_patcher(patcher, fmt: str, preset: str = "auto", exclude: str = ""
         core = (compute, disabled)
     stats = quantize_denoiser(new_model.diffusion_model, fmt, patterns, core=core)
     if getattr(new_model.diffusion_model, "modelsmith_fp32_residual", False):
-        from .anima import enable_fp32_residual
+        from .fp16_residual import enable_fp32_residual
         enable_fp32_residual(new_model.diffusion_model, reinstall=True)
     n = _clone_onto(patcher, new_model)
     if getattr(new_model, "device", None) is None:

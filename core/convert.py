@@ -101,7 +101,7 @@ def _dequantized_table(src):
     """The source's tensor table with bitsandbytes NF4 layers shown as the float weights they decode
     to (their bookkeeping tensors dropped); and the quant state of each such weight key."""
     from ..kernels import nf4 as k_nf4
-    from .inspect import NF4_STATE, nf4_aux_keys, nf4_weights
+    from ..kernels.formats import NF4_STATE, nf4_aux_keys, nf4_weights
     weights = nf4_weights(src.table)
     if not weights:
         return src.table, {}

@@ -11,6 +11,7 @@ import os
 
 from . import families as fam
 from .errors import ModelsmithError
+from ..kernels.formats import FP8_FORMATS, SCALE_SUFFIXES, nf4_aux_keys, nf4_weights
 from .files import check_regular_file
 from .safetensors_io import (FLOAT_DTYPES, PICKLE_EXTS, decode_floats, file_format, quant_format_of, read_header,
                              read_tensor_bytes, small_json_object)
@@ -23,22 +24,6 @@ ST_TO_NAME = {"F32": "fp32", "F16": "fp16", "BF16": "bf16", "F8_E4M3": "fp8_e4m3
 MARKER_KEYS = ("v_pred", "ztsnr", "edm_mean", "edm_std", "edm_vpred.sigma_max", "edm_vpred.sigma_min",
                "scaled_fp8")
 
-
-# bitsandbytes 4-bit layers: `<layer>.weight` plus these bookkeeping tensors (kernels/nf4.py reads them)
-NF4_STATE = ".quant_state.bitsandbytes__nf4"
-NF4_AUX = (".absmax", ".quant_map", ".nested_absmax", ".nested_quant_map", NF4_STATE)
-
-
-def nf4_weights(keys) -> set[str]:
-    """The `<layer>.weight` keys that carry a bitsandbytes NF4 quant state."""
-    return {k[: -len(NF4_STATE)] for k in keys if k.endswith(NF4_STATE)}
-
-
-def nf4_aux_keys(weights) -> set[str]:
-    """The bookkeeping tensors that belong to the given NF4 weights."""
-    return {w + s for w in weights for s in NF4_AUX}
-SCALE_SUFFIXES = (".comfy_quant", ".weight_scale", ".weight_scale_2", ".input_scale", ".scale_weight", ".scale_input")
-FP8_FORMATS = {"float8_e4m3fn", "float8_e5m2", "fp8_e4m3fn", "fp8_e5m2", "float8_e4m3fn_scaled"}
 
 
 def _quant_formats(header, den: dict, prefix: str, metadata: dict) -> dict:

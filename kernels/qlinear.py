@@ -79,6 +79,9 @@ def compute_path(fmt: str, device) -> str:
 
 
 class QuantLinear(torch.nn.Module):
+    # the runtime's LoRA math, (patches, fp32 weight, key) -> weight; set by compat/quantized.py
+    calculate_weight = None
+
     def __init__(self, fmt: str, weight: torch.Tensor, scale: torch.Tensor, scale_2: torch.Tensor | None,
                  bias: torch.Tensor | None, in_features: int, out_features: int):
         super().__init__()
@@ -122,6 +125,7 @@ class QuantLinear(torch.nn.Module):
     # -- ModelPatcher hooks -------------------------------------------------------------------
     def _raw(self, weight: torch.Tensor) -> torch.Tensor:
         """The stored form of `weight`, which may arrive cast to fp32 by the patcher."""
+
         if self.fmt == "nvfp4":
             return weight if weight.dtype == torch.uint8 else weight.round().to(torch.uint8)
         return weight
@@ -175,16 +179,17 @@ class QuantLinear(torch.nn.Module):
 
         ComfyUI's LowVramPatch objects carry `patches` and `key`; their own __call__ differs between
         versions (0.3.x converts through convert_weight/set_weight, later ones expect an already
-        dequantized weight), so the patches are applied here through comfy.lora directly. Other
-        weight functions get the dequantized weight, as ComfyUI's own layers give it to them."""
+        dequantized weight), so the patches are applied here through the runtime's LoRA math, which
+        compat/quantized.py hands to the class (`calculate_weight`; kernels never import ComfyUI).
+        Other weight functions get the dequantized weight, as ComfyUI's own layers give it to them."""
         wd = self.dequantize(w, torch.float32)
         for f in self.weight_function:
             patches, key = getattr(f, "patches", None), getattr(f, "key", None)
             if patches is not None and key is not None:
-                import comfy.lora
+                if self.calculate_weight is None:
+                    raise RuntimeError("QuantLinear got LoRA patches but no calculate_weight (set by compat/quantized.py)")
                 prepared = getattr(f, "prepared_patches", None)
-                wd = comfy.lora.calculate_weight(prepared if prepared is not None else patches[key], wd, key,
-                                                 intermediate_dtype=torch.float32)
+                wd = self.calculate_weight(prepared if prepared is not None else patches[key], wd, key)
             else:
                 wd = f(wd).float()
         return self.set_weight(wd, return_weight=True)

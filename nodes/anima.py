@@ -134,13 +134,14 @@ class ModelsmithAnimaLoader:
         else:
             model = compat.load_anima_model(sd, DTYPES[dtype], metadata=metadata)
             lines.append(f"denoiser: Modelsmith compat Anima, {config['num_blocks']} blocks ({why_not})")
-        te_why_not = compat.text_encoder_misfit(te_sd)
+        from ..compat import qwen3
+        te_why_not = qwen3.text_encoder_misfit(te_sd)
         if te_why_not is None:
             clip_type = getattr(comfy.sd.CLIPType, "ANIMA", comfy.sd.CLIPType.STABLE_DIFFUSION)
             clip = comfy.sd.load_clip([te_path], embedding_directory=emb, clip_type=clip_type)
             lines.append("text encoder: ComfyUI's native Anima Qwen3-0.6B")
         else:
-            clip = compat.load_text_encoder(te_sd, embedding_directory=emb)
+            clip = qwen3.load_text_encoder(te_sd, embedding_directory=emb)
             lines.append(f"text encoder: Modelsmith compat Qwen3 ({te_why_not})")
         backend = "native" if why_not is None else "modelsmith compat"
         vae_obj = comfy.sd.VAE(sd=vae_sd)

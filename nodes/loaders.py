@@ -12,17 +12,13 @@ import comfy.utils
 import folder_paths
 
 from ..core import inspect as core_inspect
+from ..core.report import format_report
 from ..core.errors import ModelsmithError
 from ..core.pickle_guard import load_state_dict as guarded_state_dict
 from . import common
 from .sampling_patch import apply_prediction
 
 PREDICTIONS = ["auto", "eps", "v", "v+ztsnr"]
-
-
-def format_report(report: dict) -> str:
-    from ..core.cli import _format_report
-    return _format_report(report)
 
 
 class ModelsmithInspect:

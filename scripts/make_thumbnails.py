@@ -36,7 +36,7 @@ def main():
     from PIL import Image
     from playwright.sync_api import sync_playwright
     from conftest import start_server, stop_server
-    from modelsmith.core import workflows as wf
+    from modelsmith.tools import workflows as wf
     tmp = tempfile.mkdtemp()
     models = os.path.join(tmp, "models")
     for sub in ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras", "embeddings"):

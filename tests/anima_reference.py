@@ -65,7 +65,7 @@ def dit_state_dict() -> dict:
 def te_state_dict() -> dict:
     """Qwen3-0.6B's widths (hidden 1024, 16 heads / 8 KV heads of 128, MLP 3072, the full vocabulary) at 2 layers."""
     import comfy.ops
-    from modelsmith.compat.anima import Qwen3Small
+    from modelsmith.compat.qwen3 import Qwen3Small
     cfg = {"hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": TE_LAYERS, "num_attention_heads": 16,
            "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936}
     m = Qwen3Small(cfg, torch.float32, "meta", comfy.ops.disable_weight_init)
@@ -101,7 +101,8 @@ def build(backend: str, dit_sd: dict, te_sd: dict, dtype=torch.float32):
     from modelsmith.compat import anima
     if backend == "native":
         return anima.load_native_anima(dict(dit_sd), dtype), native_clip(te_sd)
-    return anima.load_anima_model(dict(dit_sd), dtype), anima.load_text_encoder(te_sd)
+    from modelsmith.compat.qwen3 import load_text_encoder
+    return anima.load_anima_model(dict(dit_sd), dtype), load_text_encoder(te_sd)
 
 
 def _projection(dim=1024, k=8):
@@ -165,7 +166,7 @@ def fp16_denoiser(model, pack_residual: bool) -> torch.Tensor:
     import copy
     dit = copy.deepcopy(model.model.diffusion_model).half()
     if pack_residual:
-        from modelsmith.compat.anima import enable_fp32_residual
+        from modelsmith.compat.fp16_residual import enable_fp32_residual
         enable_fp32_residual(dit, reinstall=True)
     g = torch.Generator().manual_seed(5)
     x = torch.randn(2, 16, 1, 8, 8, generator=g)

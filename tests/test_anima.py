@@ -86,7 +86,7 @@ def test_adapter_shapes_masking_and_weights(comfy):
 
 
 def test_tokenizer_real_ids(comfy):
-    from modelsmith.compat.anima import AnimaTokenizer
+    from modelsmith.compat.qwen3 import AnimaTokenizer
     t = AnimaTokenizer().tokenize_with_weights("hello world")
     assert [x[0] for x in t["qwen3_06b"][0]] == [14990, 1879]       # Qwen2 BPE, no start/end tokens
     assert [x[0] for x in t["t5xxl"][0]] == [21820, 296, 1]         # T5 sentencepiece + </s>
@@ -210,7 +210,7 @@ def _scaled_dit(dtype, scale=10000.0, blocks=4):
 
 
 def test_fp16_residual_stays_finite_and_close_to_fp32(comfy):
-    from modelsmith.compat.anima import enable_fp32_residual
+    from modelsmith.compat.fp16_residual import enable_fp32_residual
     g = torch.Generator().manual_seed(0)
     x, ctx, t = torch.randn(1, 16, 1, 8, 8, generator=g), torch.randn(1, 512, 32, generator=g), torch.tensor([0.5])
     peak = []

@@ -117,7 +117,7 @@ def test_lora_of_another_depth_or_family_is_named(comfy, models_dir, compat_mode
 
 @pytest.mark.parametrize("style, algo", STYLES)
 def test_inspect_names_a_loras_family_depth_rank_and_alpha(comfy, tmp_path, style, algo):
-    from modelsmith.core.cli import _format_report
+    from modelsmith.core.report import format_report
     from modelsmith.core.inspect import inspect_file
     mods = {f"blocks.{i}.self_attn.q_proj": (64, 64) for i in range(40)}
     mods["llm_adapter.blocks.0.self_attn.q_proj"] = (32, 32)
@@ -131,7 +131,7 @@ def test_inspect_names_a_loras_family_depth_rank_and_alpha(comfy, tmp_path, styl
         assert lo["rank"] == 8 and lo["alpha"] == [4.0]
     if algo == "loha":
         assert lo["alpha"] == [4.0]
-    assert "for Anima 2.9b (40 blocks)" in _format_report(rep)
+    assert "for Anima 2.9b (40 blocks)" in format_report(rep)
 
 
 def test_turbo_preset_takes_the_connected_lora(comfy, models_dir, compat_model):
@@ -139,7 +139,7 @@ def test_turbo_preset_takes_the_connected_lora(comfy, models_dir, compat_model):
     at CFG 1: the same latent as sampling a model that already carries the LoRA."""
     import nodes
     import tiny_anima
-    from modelsmith.compat.anima import load_text_encoder
+    from modelsmith.compat.qwen3 import load_text_encoder
     _save(models_dir, "anima-turbo-lora-v0.2.safetensors", tiny_lora.make("diffusion_model", "lora", _modules(32), seed=8))
     clip = load_text_encoder(tiny_anima.te_state_dict())
     s = nodes.NODE_CLASS_MAPPINGS["ModelsmithAnimaSampler"]()

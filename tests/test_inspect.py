@@ -235,7 +235,7 @@ def test_anima_variant_named_from_the_tensors(corpus_files, name, blocks, varian
     """Every Anima depth is named from its block count, with the text encoder its adapter reads, and
     whether ComfyUI's stock native Anima (28 blocks for width 2048) would truncate it, in the JSON,
     the text report and the warnings."""
-    from modelsmith.core.cli import _format_report
+    from modelsmith.core.report import format_report
     rep = inspect_file(corpus_files[name][0])
     d = rep["details"]
     assert (rep["family"], rep["variant"], d["blocks"], d["adapter_blocks"]) == ("anima", variant, blocks, 6)
@@ -243,7 +243,7 @@ def test_anima_variant_named_from_the_tensors(corpus_files, name, blocks, varian
     assert any(f"text encoder(s) {encoder}" in w for w in rep["warnings"])
     truncation = [w for w in rep["warnings"] if "build only 28 blocks" in w]
     assert bool(truncation) is truncates and (not truncates or f"all {blocks}" in truncation[0])
-    assert f"{blocks} blocks, 2048 wide; LLM adapter 6 blocks reading {encoder}" in _format_report(rep)
+    assert f"{blocks} blocks, 2048 wide; LLM adapter 6 blocks reading {encoder}" in format_report(rep)
 
 
 def test_anima_extra_modules_are_named(tmp_path):

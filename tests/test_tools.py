@@ -342,9 +342,11 @@ def test_merge_node_in_process_and_path_tricks(run_graph, tiny_files, output_dir
 
 
 def test_cli_names_agree_with_the_registries():
-    from modelsmith.core import merge, names, prompt, workflows
+    from modelsmith.core import merge, names, prompt
+    from modelsmith.tools import workflows
     assert tuple(sorted(merge.METHODS)) == names.MERGE_METHODS
-    assert prompt.CONVENTIONS == names.CONVENTIONS and workflows.DEFAULT_SERVER == names.DEFAULT_SERVER
+    from modelsmith.tools import queue
+    assert prompt.CONVENTIONS == names.CONVENTIONS and queue.DEFAULT_SERVER == names.DEFAULT_SERVER
 
 
 def test_convert_node_over_http(server, output_dir):

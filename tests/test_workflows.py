@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from modelsmith.core import workflows as wf
+from modelsmith.tools import workflows as wf
 from conftest import start_server, stop_server
 
 EXPECTED_FILES = {

@@ -33,7 +33,7 @@ def te_state_dict(seed=1, hidden=None, dtype=torch.float32):
     """A tiny Qwen3 (2 layers); `hidden=1024` makes it as wide as the real 0.6B, which core's fixed
     Anima adapter reads (the full 151936-token vocabulary makes that one 155 M parameters)."""
     import comfy.ops
-    from modelsmith.compat.anima import Qwen3Small
+    from modelsmith.compat.qwen3 import Qwen3Small
     cfg = dict(LLM, hidden_size=hidden) if hidden else LLM
     m = Qwen3Small(cfg, dtype, "cpu", comfy.ops.disable_weight_init)
     tiny.randomize(m, seed)

@@ -1,5 +1,5 @@
-"""Bundled workflows: API-format graphs <-> ComfyUI UI graphs, validation against /object_info,
-and queueing over HTTP. Comfy-free (the server is reached over HTTP).
+"""Bundled workflows: API-format graphs <-> ComfyUI UI graphs and their validation against
+/object_info (the HTTP client that queues them is tools/queue.py). Comfy-free.
 
 The API twins in workflows/api/ are the source; the UI graphs in workflows/ are generated from them
 with the server's /object_info (`python -m modelsmith workflows build`) plus a Note node each, and
@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import uuid
 
-from .errors import ModelsmithError
+from ..core.errors import ModelsmithError
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW_DIR = os.path.join(HERE, "workflows")
 API_DIR = os.path.join(WORKFLOW_DIR, "api")
 VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
-from .names import DEFAULT_SERVER  # noqa: E402,F401
 
 
 # The template browser shows a workflow's file name as its title (and `<title>.jpg` as its thumbnail),
@@ -219,34 +213,6 @@ def validate_ui(ui: dict, object_info: dict) -> list[str]:
     return errors
 
 
-# ----------------------------------------------------------------------------------------------
-# HTTP
-
-def http_json(url, body=None, timeout=30):
-    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        try:
-            detail = json.loads(e.read())
-        except ValueError:
-            detail = {}
-        raise ModelsmithError(f"server refused the request ({e.code}): {_server_error(detail)}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise ModelsmithError(f"cannot reach ComfyUI at {url}: {getattr(e, 'reason', e)}") from None
-
-
-def _server_error(detail):
-    err = detail.get("error", {})
-    msg = err.get("message", "") if isinstance(err, dict) else str(err)
-    for nid, ne in (detail.get("node_errors") or {}).items():
-        for e in ne.get("errors", []):
-            msg += f"\n  node {nid} ({ne.get('class_type')}): {e.get('message')}: {e.get('details')}"
-    return msg or json.dumps(detail)[:500]
-
-
 def apply_sets(api: dict, sets: list[str], object_info: dict | None = None) -> dict:
     """--set node.input=value (value parsed as JSON when it can be, else taken as text). The node id
     must be one of the workflow's and the input one its node has (from /object_info when given, else
@@ -271,77 +237,6 @@ def apply_sets(api: dict, sets: list[str], object_info: dict | None = None) -> d
             value = raw
         api[nid]["inputs"][name] = value
     return api
-
-
-def _failure(kind: str, d: dict) -> str:
-    if kind == "execution_interrupted":
-        where = f" at node {d['node_id']} ({d.get('node_type')})" if d.get("node_id") else ""
-        return f"the prompt was interrupted{where} (Cancel in the UI or POST /interrupt); nothing more ran"
-    if d.get("node_id") is None:
-        return "the prompt failed on the server without naming a node; see ComfyUI's console"
-    return f"node {d.get('node_id')} ({d.get('node_type')}) failed: {d.get('exception_message', '').strip()}"
-
-
-def queue(api: dict, server=DEFAULT_SERVER, out_dir=None, timeout=3600, progress=None) -> dict:
-    """Queue a prompt, follow it (websocket when available, else /history polling), save images."""
-    client_id = uuid.uuid4().hex
-    res = http_json(f"{server}/prompt", {"prompt": api, "client_id": client_id})
-    pid = res["prompt_id"]
-    ws = None
-    try:
-        import websocket  # websocket-client
-        ws = websocket.create_connection(server.replace("http", "ws", 1) + f"/ws?clientId={client_id}", timeout=5)
-    except Exception:
-        ws = None
-    deadline = time.time() + timeout
-    try:
-        while time.time() < deadline:
-            if ws is not None:
-                try:
-                    msg = ws.recv()
-                    if isinstance(msg, str):
-                        m = json.loads(msg)
-                        if m.get("type") == "progress" and progress:
-                            progress(m["data"].get("value", 0), m["data"].get("max", 1))
-                        if m.get("type") in ("execution_error", "execution_interrupted") and \
-                                m["data"].get("prompt_id") == pid:
-                            raise ModelsmithError(_failure(m["type"], m["data"]))
-                except ModelsmithError:
-                    raise
-                except Exception:
-                    pass
-            hist = http_json(f"{server}/history/{pid}")
-            if pid in hist:
-                status = hist[pid].get("status", {})
-                if status.get("status_str") == "error":
-                    msgs = [m for m in status.get("messages", []) if m[0] in ("execution_error", "execution_interrupted")]
-                    kind, d = msgs[0] if msgs else ("execution_error", {})
-                    raise ModelsmithError(_failure(kind, d))
-                if status.get("completed"):
-                    return _collect(hist[pid], server, out_dir)
-            if ws is None:
-                time.sleep(0.3)
-    finally:
-        if ws is not None:
-            ws.close()
-    raise ModelsmithError(f"prompt {pid} did not finish in {timeout}s")
-
-
-def _collect(entry, server, out_dir):
-    saved = []
-    for nid, out in entry.get("outputs", {}).items():
-        for img in out.get("images", []):
-            if out_dir:
-                q = urllib.parse.urlencode({"filename": img["filename"], "subfolder": img.get("subfolder", ""),
-                                            "type": img.get("type", "output")})
-                with urllib.request.urlopen(f"{server}/view?{q}", timeout=60) as r:
-                    data = r.read()
-                os.makedirs(out_dir, exist_ok=True)
-                path = os.path.join(out_dir, os.path.basename(img["filename"]))
-                with open(path, "wb") as f:
-                    f.write(data)
-                saved.append(path)
-    return {"outputs": entry.get("outputs", {}), "saved": saved}
 
 
 _ANIMA_FILES = ("Files: ComfyUI/models/diffusion_models/anima-base-v1.0.safetensors (or anima-preview*), "

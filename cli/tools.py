@@ -1,0 +1,98 @@
+"""`convert`, `merge`, `quantize`: the streaming model tools."""
+from __future__ import annotations
+
+import sys
+
+from . import common
+
+
+def cmd_convert(args) -> int:
+    from ..core.convert import run_convert
+    out = common.output_path(args.output, args.keep_name)
+    rep = run_convert(args.input, out, dtype=args.dtype, ema=args.ema, vae=args.vae or "keep",
+                      overwrite=args.overwrite, progress=common.progress("convert"))
+    print(f"wrote {rep['output']} ({rep['tensors']} tensors" +
+          (f", {rep['dropped_ema']} EMA tensors dropped" if rep["dropped_ema"] else "") + ")")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from ..core.blocks import parse_block_weights
+    from ..core.inspect import inspect_file
+    from ..core.merge import Recipe, run_merge
+    if args.recipe:
+        recipe = Recipe.from_json(common.read_small_text(args.recipe, "recipe"), source=args.recipe)
+        if len(args.models) != 1:
+            # a recipe records where it was written, but never chooses where to write by itself
+            print("modelsmith: give the output file after the recipe: merge --recipe RECIPE OUT", file=sys.stderr)
+            return 2
+        output = args.models[0]
+    else:
+        if len(args.models) < 3:
+            print("modelsmith: merge needs A B [C] OUT", file=sys.stderr)
+            return 2
+        *inputs, output = args.models
+        blocks = {}
+        if args.blocks:
+            rep = inspect_file(inputs[0])
+            blocks = parse_block_weights(args.blocks, rep["family"], rep.get("details", {}).get("blocks", 28))
+        recipe = Recipe(method=args.method, inputs=inputs, alpha=args.alpha, blocks=blocks, density=args.density,
+                        drop=args.drop, seed=args.seed, dtype=args.dtype, keep_ztsnr=args.keep_ztsnr)
+    out = common.output_path(output, args.keep_name)
+    rep = run_merge(recipe, out, overwrite=args.overwrite, progress=common.progress("merge"))
+    for w in rep["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"wrote {rep['output']} ({rep['counts']['merged']} tensors merged); recipe: {rep['output']}.recipe.json")
+    return 0
+
+
+def cmd_quantize(args) -> int:
+    from ..core.quantize import run_quantize
+    out = common.output_path(args.output, args.keep_name)
+    rep = run_quantize(args.input, out, fmt=args.format, preset=args.preset, exclude=args.exclude or "",
+                       overwrite=args.overwrite, progress=common.progress("quantize"))
+    print(f"wrote {rep['output']}: {rep['quantized_layers']} layers in {args.format} "
+          f"({rep['bytes_per_param']:.3f} bytes/param), preset {rep['preset']}")
+    return 0
+
+
+def register(sub) -> None:
+    from ..core.names import MERGE_METHODS
+    c = sub.add_parser("convert", help="convert/prune a checkpoint to safetensors (dtype, EMA, VAE, ModelSpec)")
+    c.add_argument("input", help="a .safetensors or .ckpt/.pt/.pth checkpoint")
+    c.add_argument("output", help="the .safetensors file to write")
+    c.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], default="fp16")
+    c.add_argument("--ema", choices=["keep", "drop", "only"], default="drop",
+                   help="drop EMA weights (default), keep them, or use only them (emaonly)")
+    c.add_argument("--vae", help="'strip' to remove the baked-in VAE, or a VAE file to bake in")
+    c.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    c.add_argument("--keep-name", action="store_true", help="keep spaces/non-ASCII in the output name")
+    c.set_defaults(func=cmd_convert)
+    m = sub.add_parser("merge", help="merge checkpoints, streaming: A B [C] OUT")
+    m.add_argument("models", nargs="*", help="A B [C] OUT (C for add_difference, ties, dare)")
+    m.add_argument("--method", choices=MERGE_METHODS, default="weighted_sum")
+    m.add_argument("--alpha", type=float, default=0.5, help="merge ratio (B's share)")
+    m.add_argument("--blocks", help='block weights: "BASE:0.5,IN00:0.2,..." or one number per block')
+    m.add_argument("--density", type=float, default=0.2, help="TIES: fraction of each task vector kept")
+    m.add_argument("--drop", type=float, default=0.9, help="DARE: drop probability")
+    m.add_argument("--seed", type=int, default=0, help="DARE: random seed")
+    m.add_argument("--dtype", choices=["fp16", "bf16", "fp32"], help="output dtype (default: A's)")
+    m.add_argument("--keep-ztsnr", action="store_true", help="write the ztsnr marker even if not all inputs have it")
+    m.add_argument("--recipe", help="replay a saved recipe JSON: merge --recipe RECIPE OUT")
+    m.add_argument("--overwrite", action="store_true")
+    m.add_argument("--keep-name", action="store_true")
+    m.set_defaults(func=cmd_merge)
+    register_quantize(sub)
+
+
+def register_quantize(sub) -> None:
+    q = sub.add_parser("quantize", help="quantize a denoiser to fp8 or nvfp4 in ComfyUI's native format, streaming")
+    q.add_argument("input")
+    q.add_argument("output")
+    q.add_argument("--format", choices=["fp8", "nvfp4"], default="fp8")
+    q.add_argument("--preset", choices=["auto", "anima", "sdxl", "none"], default="auto",
+                   help="layers kept in high precision (auto: by the detected family)")
+    q.add_argument("--exclude", help="more layers to keep, comma-separated regular expressions")
+    q.add_argument("--overwrite", action="store_true")
+    q.add_argument("--keep-name", action="store_true")
+    q.set_defaults(func=cmd_quantize)

@@ -1,0 +1,1 @@
+"""Talking to a ComfyUI: the workflow graphs (`workflows`) and the HTTP queue client (`queue`)."""
