@@ -14,6 +14,8 @@ from modelsmith.core import doctor
 from modelsmith.core.inspect import inspect_file
 from modelsmith.core.safetensors_io import write_sparse
 
+import browser
+
 
 def _sdxl_table():
     t = {f"model.diffusion_model.input_blocks.{i}.0.weight": ("F16", (320, 4 if i == 0 else 320, 3, 3)) for i in range(9)}
@@ -200,46 +202,31 @@ def test_route_lists_the_folder_and_refuses_path_tricks(doctor_server):
     assert (doctor_server.models.parent / "outside_secret.safetensors").stat().st_size > 0
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (make setup installs it as root)")
+@pytest.mark.skipif(browser.CHROMIUM is None, reason=browser.SKIP_REASON)
 def test_page_shows_problems_and_runs_a_fix(doctor_server):
-    from playwright.sync_api import sync_playwright
-    art = os.path.join(os.path.dirname(__file__), "artifacts")
-    os.makedirs(art, exist_ok=True)
-    flags = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(doctor_server.url, timeout=120000)
-            page.wait_for_function("() => window.app && window.modelsmithDoctor", timeout=120000)
-            page.evaluate("() => window.modelsmithDoctor()")
-            page.wait_for_selector("tr.modelsmith-doctor-row", timeout=60000)
-            rows = page.evaluate("() => [...document.querySelectorAll('tr.modelsmith-doctor-row')].map(r => "
-                                 "[r.dataset.id, [...r.querySelectorAll('.modelsmith-doctor-problem')].map(d => d.dataset.code)])")
-            got = {fid: set(codes) for fid, codes in rows}
-            for fid, codes in EXPECTED.items():
-                assert codes <= got[fid], (fid, got.get(fid))
-            page.fill("input.modelsmith-doctor-filter", "anima")  # the filter narrows the table
-            page.wait_for_timeout(300)
-            shown = page.evaluate("() => [...document.querySelectorAll('tr.modelsmith-doctor-row')].map(r => r.dataset.id)")
-            assert "diffusion_models/anima-40.safetensors" in shown and "vae/sdxl_vae.safetensors" not in shown
-            page.fill("input.modelsmith-doctor-filter", "")
-            page.click("tr.modelsmith-doctor-row[data-id='checkpoints/vpred_nomarker.safetensors'] "
-                       "button.modelsmith-doctor-fix[data-fix='markers']")
-            page.wait_for_selector("tr.modelsmith-doctor-row[data-id='checkpoints/vpred_nomarker-vpred.safetensors']",
-                                   timeout=120000)
-            for fid in ("checkpoints/copy.safetensors", "checkpoints/vpred_nomarker.safetensors"):  # hashes on demand
-                page.click(f"tr.modelsmith-doctor-row[data-id='{fid}'] button.modelsmith-doctor-hashbtn")
-                page.wait_for_selector(f"tr.modelsmith-doctor-row[data-id='{fid}'] .modelsmith-doctor-hash", timeout=60000)
-            page.wait_for_selector("tr.modelsmith-doctor-row[data-id='checkpoints/copy.safetensors'] "
-                                   ".modelsmith-doctor-problem[data-code='duplicate']", timeout=30000)
-            page.screenshot(path=os.path.join(art, "model_doctor.png"))
-            assert (doctor_server.models / "checkpoints" / "vpred_nomarker-vpred.safetensors").exists()
-        finally:
-            browser.close()
+    with browser.comfy_page(doctor_server.url, ready="() => window.app && window.modelsmithDoctor") as page:
+        page.evaluate("() => window.modelsmithDoctor()")
+        page.wait_for_selector("tr.modelsmith-doctor-row", timeout=60000)
+        rows = page.evaluate("() => [...document.querySelectorAll('tr.modelsmith-doctor-row')].map(r => "
+                             "[r.dataset.id, [...r.querySelectorAll('.modelsmith-doctor-problem')].map(d => d.dataset.code)])")
+        got = {fid: set(codes) for fid, codes in rows}
+        for fid, codes in EXPECTED.items():
+            assert codes <= got[fid], (fid, got.get(fid))
+        page.fill("input.modelsmith-doctor-filter", "anima")  # the filter narrows the table
+        page.wait_for_timeout(300)
+        shown = page.evaluate("() => [...document.querySelectorAll('tr.modelsmith-doctor-row')].map(r => r.dataset.id)")
+        assert "diffusion_models/anima-40.safetensors" in shown and "vae/sdxl_vae.safetensors" not in shown
+        page.fill("input.modelsmith-doctor-filter", "")
+        page.click("tr.modelsmith-doctor-row[data-id='checkpoints/vpred_nomarker.safetensors'] "
+                   "button.modelsmith-doctor-fix[data-fix='markers']")
+        page.wait_for_selector("tr.modelsmith-doctor-row[data-id='checkpoints/vpred_nomarker-vpred.safetensors']",
+                               timeout=120000)
+        for fid in ("checkpoints/copy.safetensors", "checkpoints/vpred_nomarker.safetensors"):  # hashes on demand
+            page.click(f"tr.modelsmith-doctor-row[data-id='{fid}'] button.modelsmith-doctor-hashbtn")
+            page.wait_for_selector(f"tr.modelsmith-doctor-row[data-id='{fid}'] .modelsmith-doctor-hash", timeout=60000)
+        page.wait_for_selector("tr.modelsmith-doctor-row[data-id='checkpoints/copy.safetensors'] "
+                               ".modelsmith-doctor-problem[data-code='duplicate']", timeout=30000)
+        browser.shot(page, "model_doctor.png")
+        assert (doctor_server.models / "checkpoints" / "vpred_nomarker-vpred.safetensors").exists()
     fixed = inspect_file(doctor_server.models / "checkpoints" / "vpred_nomarker-vpred.safetensors")
     assert fixed["prediction"] == "v"

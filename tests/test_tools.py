@@ -343,9 +343,8 @@ def test_merge_node_in_process_and_path_tricks(run_graph, tiny_files, output_dir
 
 def test_cli_names_agree_with_the_registries():
     from modelsmith.core import merge, names, prompt
-    from modelsmith.tools import workflows
-    assert tuple(sorted(merge.METHODS)) == names.MERGE_METHODS
     from modelsmith.tools import queue
+    assert tuple(sorted(merge.METHODS)) == names.MERGE_METHODS
     assert prompt.CONVENTIONS == names.CONVENTIONS and queue.DEFAULT_SERVER == names.DEFAULT_SERVER
 
 

@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
-from modelsmith.tools import workflows as wf
+from modelsmith.tools import queue as http, workflows as wf
 from conftest import start_server, stop_server
+import browser
 
 EXPECTED_FILES = {
     "checkpoints/sd_xl_base_1.0.safetensors": ("tiny", "sdxl"),
@@ -89,7 +90,7 @@ QUICK = {"steps": 2, "size": "custom", "width": 64, "height": 64}
 def test_api_twin_runs_over_http(wf_server, name):
     api = wf.load_api(name)
     sets = [f"{nid}.{k}={json.dumps(v)}" for nid, n in api.items() for k, v in QUICK.items() if k in n["inputs"]]
-    res = wf.queue(wf.apply_sets(api, sets), server=wf_server.url, out_dir=str(wf_server.output / "fetched" / name),
+    res = http.queue(wf.apply_sets(api, sets), server=wf_server.url, out_dir=str(wf_server.output / "fetched" / name),
                    timeout=600)
     assert res["outputs"], name
     if any(n["class_type"] == "SaveImage" for n in api.values()):
@@ -148,7 +149,6 @@ def test_fifty_prompts_back_to_back(wf_server):
     assert after <= first * 1.10, (first, after)
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # what the frontends show for an unknown node type: 1.32 (ComfyUI 0.3.75) a dialog, 1.47 (0.29) a banner
 MISSING_MARKERS = ("has missing nodes", "node types were not found", "missing node types", "missing node:",
                    "uses a custom node that isn't installed")
@@ -174,45 +174,26 @@ def _load_in_ui(page, ui, name, tries=3):
             continue
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (make setup installs it as root)")
+@pytest.mark.skipif(browser.CHROMIUM is None, reason=browser.SKIP_REASON)
 def test_workflows_load_in_the_browser_without_missing_nodes(wf_server):
-    from playwright.sync_api import sync_playwright, TimeoutError as PlaywrightTimeout
-    art = os.path.join(os.path.dirname(__file__), "artifacts")
-    os.makedirs(art, exist_ok=True)
-    flags = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=flags)
-        try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(wf_server.url, timeout=120000)
-            page.wait_for_function("() => window.app && window.app.graph", timeout=120000)
-            # The frontend restores its own start-up workflow a moment after app.graph exists; on a
-            # slow machine that can land after (and replace) the first graph we load. Let it settle.
-            try:
-                page.wait_for_function("() => window.app.graph._nodes.length > 0", timeout=30000)
-            except PlaywrightTimeout:
-                pass
-            for name in wf.bundled():
-                with open(wf.ui_path(name)) as f:
-                    ui = json.load(f)
-                _load_in_ui(page, ui, name)
-                body = page.inner_text("body").lower()
-                assert not any(m in body for m in MISSING_MARKERS), name
-                types = page.evaluate("() => window.app.graph._nodes.map(n => n.type)")
-                assert sorted(types) == sorted(n["type"] for n in ui["nodes"]), name
-            page.screenshot(path=os.path.join(art, "workflows_loaded.png"))
-            # the check can fail: a graph with an unknown node type brings up the dialog
-            bad = json.loads(json.dumps(ui))
-            bad["nodes"][0]["type"] = "ModelsmithNoSuchNode"
-            page.evaluate("async (g) => { await window.app.loadGraphData(g); }", bad)
-            page.wait_for_timeout(1500)
+    with browser.comfy_page(wf_server.url) as page:
+        for name in wf.bundled():
+            with open(wf.ui_path(name)) as f:
+                ui = json.load(f)
+            _load_in_ui(page, ui, name)
             body = page.inner_text("body").lower()
-            page.screenshot(path=os.path.join(art, "missing_node_dialog.png"))
-            assert any(m in body for m in MISSING_MARKERS) and "modelsmithnosuchnode" in body, body[:3000]
-            page.screenshot(path=os.path.join(art, "missing_node_dialog.png"))
-        finally:
-            browser.close()
+            assert not any(m in body for m in MISSING_MARKERS), name
+            types = page.evaluate("() => window.app.graph._nodes.map(n => n.type)")
+            assert sorted(types) == sorted(n["type"] for n in ui["nodes"]), name
+        browser.shot(page, "workflows_loaded.png")
+        # the check can fail: a graph with an unknown node type brings up the dialog
+        bad = json.loads(json.dumps(ui))
+        bad["nodes"][0]["type"] = "ModelsmithNoSuchNode"
+        page.evaluate("async (g) => { await window.app.loadGraphData(g); }", bad)
+        page.wait_for_timeout(1500)
+        body = page.inner_text("body").lower()
+        browser.shot(page, "missing_node_dialog.png")
+        assert any(m in body for m in MISSING_MARKERS) and "modelsmithnosuchnode" in body, body[:3000]
 
 
 NODE_API_SNAPSHOT = os.path.join(os.path.dirname(__file__), "node_api.json")
@@ -255,79 +236,59 @@ def test_node_api_is_served_identically_and_v1_stays(wf_server):
     assert v2.io is latest.io
 
 
-def _browser(p):
-    flags = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-    return p.chromium.launch(executable_path=CHROMIUM, args=flags)
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (make setup installs it as root)")
+@pytest.mark.skipif(browser.CHROMIUM is None, reason=browser.SKIP_REASON)
 def test_reports_stay_readable_and_errors_show_at_the_node(wf_server):
     """In the real frontend: after a run the node shows its report as text below the user's own text
     box and never shrinks (its size only grows); a user mistake (a Prompt Builder's CONDITIONING used
     without a CLIP) shows the pack's sentence in the UI, not a Python error."""
-    from playwright.sync_api import sync_playwright, TimeoutError as PlaywrightTimeout
     info = wf_server.get("/object_info")
-    art = os.path.join(os.path.dirname(__file__), "artifacts")
-    os.makedirs(art, exist_ok=True)
     api = {"1": {"class_type": "ModelsmithTagNormalize", "inputs": {
         "text": "masterpiece, newest, year 2023, safe, 1girl, smile", "convention": "pony"}}}
     ui = wf.api_to_ui(api, info)
-    with sync_playwright() as p:
-        browser = _browser(p)
+    with browser.comfy_page(wf_server.url) as page:
+        _load_in_ui(page, ui, "report")
+        page.evaluate("() => { const n = window.app.graph._nodes[0]; n.setSize([520, 420]); }")
+        before = page.evaluate("() => window.app.graph._nodes[0].size.slice()")
+        page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+        page.wait_for_function(
+            "() => { const w = (window.app.graph._nodes[0].widgets || []).find(w => w.name === 'modelsmith_report');"
+            " return w && String(w.value).includes('rating_safe'); }", timeout=60000)
+        page.wait_for_timeout(500)
+        state = page.evaluate("""() => { const n = window.app.graph._nodes[0];
+            const names = n.widgets.map(w => w.name);
+            const area = document.querySelector('textarea.modelsmith-report');
+            const r = area ? area.getBoundingClientRect() : null;
+            return {size: n.size.slice(), names, value: String(n.widgets.find(w => w.name === 'modelsmith_report').value),
+                    visible: !!r && r.height > 20 && r.width > 100}; }""")
+        browser.shot(page, "report_after_run.png")
+        assert state["size"][0] >= before[0] and state["size"][1] >= before[1], (before, state["size"])
+        assert "text" in state["names"] and state["visible"], state
+        assert "score_9, rating_safe, 1girl, smile" in state["value"] and "{" not in state["value"]
+        # a user mistake shows the pack's sentence in the UI
+        bad = {"1": {"class_type": "ModelsmithCheckpointLoader",
+                     "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors", "prediction": "auto"}},
+               "2": {"class_type": "ModelsmithAnimaPrompt", "inputs": {
+                   "convention": "anima", "quality": "masterpiece", "score": "", "period": "", "rating": "safe",
+                   "count": "1girl", "character": "", "series": "", "artist": "", "general": "", "description": ""}},
+               "3": {"class_type": "ModelsmithSDXLSampler", "inputs": {
+                   "model": ["1", 0], "positive": ["2", 2], "negative": ["2", 3], "prediction": "auto",
+                   "size": "custom", "width": 64, "height": 64, "steps": 1, "cfg": 0.0, "cfg_rescale": "auto",
+                   "rescale_phi": 0.7, "sampler_name": "euler", "scheduler": "normal", "seed": 1, "denoise": 1.0}}}
+        _load_in_ui(page, wf.api_to_ui(bad, info), "error")
+        page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
         try:
-            page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(wf_server.url, timeout=120000)
-            page.wait_for_function("() => window.app && window.app.graph", timeout=120000)
-            try:
-                page.wait_for_function("() => window.app.graph._nodes.length > 0", timeout=30000)
-            except PlaywrightTimeout:
-                pass
-            _load_in_ui(page, ui, "report")
-            page.evaluate("() => { const n = window.app.graph._nodes[0]; n.setSize([520, 420]); }")
-            before = page.evaluate("() => window.app.graph._nodes[0].size.slice()")
-            page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
-            page.wait_for_function(
-                "() => { const w = (window.app.graph._nodes[0].widgets || []).find(w => w.name === 'modelsmith_report');"
-                " return w && String(w.value).includes('rating_safe'); }", timeout=60000)
-            page.wait_for_timeout(500)
-            state = page.evaluate("""() => { const n = window.app.graph._nodes[0];
-                const names = n.widgets.map(w => w.name);
-                const area = document.querySelector('textarea.modelsmith-report');
-                const r = area ? area.getBoundingClientRect() : null;
-                return {size: n.size.slice(), names, value: String(n.widgets.find(w => w.name === 'modelsmith_report').value),
-                        visible: !!r && r.height > 20 && r.width > 100}; }""")
-            page.screenshot(path=os.path.join(art, "report_after_run.png"))
-            assert state["size"][0] >= before[0] and state["size"][1] >= before[1], (before, state["size"])
-            assert "text" in state["names"] and state["visible"], state
-            assert "score_9, rating_safe, 1girl, smile" in state["value"] and "{" not in state["value"]
-            # a user mistake shows the pack's sentence in the UI
-            bad = {"1": {"class_type": "ModelsmithCheckpointLoader",
-                         "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors", "prediction": "auto"}},
-                   "2": {"class_type": "ModelsmithAnimaPrompt", "inputs": {
-                       "convention": "anima", "quality": "masterpiece", "score": "", "period": "", "rating": "safe",
-                       "count": "1girl", "character": "", "series": "", "artist": "", "general": "", "description": ""}},
-                   "3": {"class_type": "ModelsmithSDXLSampler", "inputs": {
-                       "model": ["1", 0], "positive": ["2", 2], "negative": ["2", 3], "prediction": "auto",
-                       "size": "custom", "width": 64, "height": 64, "steps": 1, "cfg": 0.0, "cfg_rescale": "auto",
-                       "rescale_phi": 0.7, "sampler_name": "euler", "scheduler": "normal", "seed": 1, "denoise": 1.0}}}
-            _load_in_ui(page, wf.api_to_ui(bad, info), "error")
-            page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
-            try:
-                # frontend 1.32 (0.3.75) opens a dialog with the message; 1.47 (0.29) outlines the node in
-                # red and shows a toast whose "View details" holds the message
-                shown = ("() => document.body.innerText.includes('no CLIP is connected') || [...document.querySelectorAll("
-                         "'textarea')].some(e => e.value.includes('no CLIP is connected'))")
-                page.wait_for_function(f"() => ({shown})() || document.body.innerText.includes('View details')",
-                                       timeout=60000)
-                if not page.evaluate(shown):
-                    page.get_by_text("View details").first.click()
-                page.wait_for_function(shown, timeout=30000)
-            finally:
-                page.screenshot(path=os.path.join(art, "error_at_node.png"))
-            body = page.inner_text("body")
-            # the pack's sentence is the error; (1.47's error panel also lists ComfyUI's own stack trace
-            # under "details", which the pack does not control)
-            assert "NoneType" not in body and "is not subscriptable" not in body
+            # frontend 1.32 (0.3.75) opens a dialog with the message; 1.47 (0.29) outlines the node in
+            # red and shows a toast whose "View details" holds the message
+            shown = ("() => document.body.innerText.includes('no CLIP is connected') || [...document.querySelectorAll("
+                     "'textarea')].some(e => e.value.includes('no CLIP is connected'))")
+            page.wait_for_function(f"() => ({shown})() || document.body.innerText.includes('View details')",
+                                   timeout=60000)
+            if not page.evaluate(shown):
+                page.get_by_text("View details").first.click()
+            page.wait_for_function(shown, timeout=30000)
         finally:
-            browser.close()
+            browser.shot(page, "error_at_node.png")
+        body = page.inner_text("body")
+        # the pack's sentence is the error; (1.47's error panel also lists ComfyUI's own stack trace
+        # under "details", which the pack does not control)
+        assert "NoneType" not in body and "is not subscriptable" not in body

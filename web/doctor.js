@@ -94,16 +94,8 @@ function render(root) {
               b.textContent = p.fix;
               b.className = "modelsmith-doctor-fix";
               b.dataset.fix = p.fix;
-              b.onclick = async () => {
-                status.textContent = `${p.fix} ${f.id}...`;
-                const r = await api.fetchApi("/modelsmith/doctor/fix", {
-                  method: "POST", body: JSON.stringify({ id: f.id, action: p.fix }) });
-                const j = await r.json();
-                if (!r.ok) { status.textContent = j.error; return; }
-                const res = await waitJob(j.job, status);
-                status.textContent = res.state === "done" ? `${p.fix}: wrote ${res.result.output}` : res.error;
-                await load(status.textContent);
-              };
+              b.onclick = () => runJob("/modelsmith/doctor/fix", { id: f.id, action: p.fix },
+                                      (r) => `${p.fix}: wrote ${r.output}`);
               div.append(b);
             }
             td.append(div);
@@ -121,14 +113,7 @@ function render(root) {
             const b = document.createElement("button");
             b.textContent = "hash";
             b.className = "modelsmith-doctor-hashbtn";
-            b.onclick = async () => {
-              const r = await api.fetchApi("/modelsmith/doctor/hash", { method: "POST", body: JSON.stringify({ id: f.id }) });
-              const j = await r.json();
-              if (!r.ok) { status.textContent = j.error; return; }
-              const res = await waitJob(j.job, status);
-              status.textContent = res.state === "done" ? `${f.id}: AutoV2 ${res.result.autov2}` : res.error;
-              await load(status.textContent);
-            };
+            b.onclick = () => runJob("/modelsmith/doctor/hash", { id: f.id }, (r) => `${f.id}: AutoV2 ${r.autov2}`);
             td.append(b);
           }
         } else {
@@ -138,6 +123,17 @@ function render(root) {
       }
       table.append(row);
     }
+  }
+
+  // one job (a fix or a hash): start it, follow its progress, then rescan so the table shows the result
+  async function runJob(path, body, done) {
+    status.textContent = `${path.split("/").pop()} ${body.id}...`;
+    const r = await api.fetchApi(path, { method: "POST", body: JSON.stringify(body) });
+    const j = await r.json();
+    if (!r.ok) { status.textContent = j.error; return; }
+    const res = await waitJob(j.job, status);
+    status.textContent = res.state === "done" ? done(res.result) : res.error;
+    await load(status.textContent);
   }
 
   async function load(keep) {
