@@ -209,7 +209,7 @@ def guarded_load(path: str | os.PathLike, *, mmap: bool | None = None):
             f"{path}: refused to load: the pickle asks for something outside the allowlist of tensor data "
             f"({_unpickler_reason(str(e))}). Nothing from it was executed. Get a .safetensors version of the "
             f"model (never load it with the safety check turned off).") from None
-    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, TypeError,
+    except (RuntimeError, EOFError, ValueError, OSError, zipfile.BadZipFile, KeyError, TypeError, LookupError,
             AttributeError, IndexError, UnicodeDecodeError, OverflowError, MemoryError, AssertionError) as e:
         # AssertionError: torch's legacy-format reader asserts on storage keys a damaged file lacks
         raise ModelsmithError(f"{path}: not a readable checkpoint pickle ({type(e).__name__}: "

@@ -203,7 +203,10 @@ def scan_pickle(data: bytes | io.BufferedIOBase, path: str, budget: int) -> list
                     if fname in _VALUES:
                         _refuse(path, f"it constructs {fname} directly, a tensor with no data from the file")
                     _refuse(path, f"its pickle calls '{what}', which no model checkpoint needs")
-                if fname == "_codecs.encode" and isinstance(args, tuple) and args and isinstance(args[0], str):
+                if fname == "_codecs.encode":  # how protocol 2 stores bytes: encode(text, "latin1")
+                    if not (isinstance(args, tuple) and len(args) == 2 and isinstance(args[0], str)
+                            and args[1] in ("latin1", "latin-1")):
+                        _refuse(path, "its pickle calls _codecs.encode with something other than text and 'latin1'")
                     charge(len(args[0]) * 2, "encoded strings")
                 stack.append(_OPAQUE)
             elif name == "BUILD":

@@ -177,6 +177,16 @@ def test_tensor_types_without_file_data_are_refused(tmp_path):
                 fn(path)
 
 
+def test_codecs_encode_with_another_encoding_is_a_clear_error(tmp_path):
+    """Found by the long fuzz soak (cases 101/302 and 102/3604 of 10,000 each): `_codecs.encode` with an
+    unknown encoding escaped as LookupError. Protocol 2 stores bytes as encode(text, 'latin1') only."""
+    for enc in ("cpu", "utf-32", "rot13"):
+        path = tmp_path / f"enc_{enc}.ckpt"
+        _zip_ckpt(path, {"w": _Call(__import__("_codecs").encode, "abc", enc)}, {})
+        with pytest.raises(ModelsmithError, match="_codecs.encode with something other than text and 'latin1'"):
+            load_state_dict(path)
+
+
 def test_real_checkpoints_still_load(tmp_path):
     """What torch.save writes (zip and legacy, parameters, fp8, bf16, shared storages) loads as plain tensors."""
     base = torch.arange(12, dtype=torch.float32)
