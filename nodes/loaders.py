@@ -36,6 +36,15 @@ class ModelsmithInspect:
 
     def inspect(self, model_file):
         report = core_inspect.inspect_file(common.resolve_model(model_file))
+        d = report.get("details") or {}
+        if report["family"] == "anima" and d.get("blocks"):  # what *this* ComfyUI would do with it
+            from ..compat.anima import native_anima_available
+            report["warnings"].append(
+                (f"The running ComfyUI has native Anima: its stock loaders would build {d['stock_native_blocks']} of "
+                 f"the {d['blocks']} blocks." if d.get("stock_native_truncates") else
+                 "The running ComfyUI has native Anima and its stock loaders build all blocks of this file.")
+                if native_anima_available() else
+                "The running ComfyUI has no native Anima: only Modelsmith's Anima loader loads this file.")
         text = format_report(report)
         return {"ui": {"text": [text]}, "result": (text, json.dumps(report, indent=2))}
 

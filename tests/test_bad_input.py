@@ -89,9 +89,17 @@ def _float_storage(numel, key="0"):
     return _Storage(("storage", torch.FloatStorage, key, "cpu", numel))
 
 
+MEMORY_LIMIT = 4 << 30  # address space of the child: torch imports in it; a multi-GB bomb cannot fit
+
+
+def _limit_memory():
+    import resource
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
 def _peak_inspect(path):
     """(exit code, stderr, peak RSS in MB) of `python -m modelsmith inspect FILE` in a child process
-    (VmHWM: the high-water mark of the child's own memory; ru_maxrss would carry the parent's over exec)."""
+    limited to 4 GB of address space (VmHWM: the high-water mark of the child's own memory; ru_maxrss would carry the parent's over exec)."""
     code = ("import runpy, sys\n"
             "sys.argv = ['modelsmith', 'inspect', sys.argv[1]]\n"
             "try:\n    runpy.run_module('modelsmith', run_name='__main__')\nexcept SystemExit as e:\n    rc = e.code\n"
@@ -99,7 +107,8 @@ def _peak_inspect(path):
             "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
             "print('PEAK', int(hwm) // 1024, file=sys.stderr)\n"
             "sys.exit(rc)\n")
-    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300)
+    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=300,
+                       preexec_fn=_limit_memory)
     peak = int(r.stderr.rsplit("PEAK", 1)[1].split()[0]) if "PEAK" in r.stderr else -1
     return r.returncode, r.stderr, peak
 

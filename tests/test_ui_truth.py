@@ -147,3 +147,23 @@ def test_corrupt_files_say_to_download_again(tmp_path):
     c.write_bytes(c.read_bytes()[:-300])
     with pytest.raises(ModelsmithError, match="download it again"):
         inspect_file(c)
+
+
+def test_inspect_node_says_what_the_running_comfyui_would_do_with_an_anima(comfy, models_dir):
+    import nodes
+    from modelsmith.compat.anima import native_anima_available
+    from test_anima import _sparse_anima
+    path = models_dir / "diffusion_models" / "anima-40-inspect.safetensors"
+    _sparse_anima(path, 40)
+    import folder_paths
+    folder_paths.filename_list_cache.pop("diffusion_models", None)  # as the UI's refresh does
+    try:
+        out = nodes.NODE_CLASS_MAPPINGS["ModelsmithInspect"]().inspect("diffusion_models/anima-40-inspect.safetensors")
+        text = out["ui"]["text"][0]
+        if native_anima_available():
+            assert "The running ComfyUI has native Anima: its stock loaders would build 28 of the 40 blocks" in text
+        else:
+            assert "The running ComfyUI has no native Anima" in text
+        assert "40 blocks, 2048 wide" in text
+    finally:
+        path.unlink()
