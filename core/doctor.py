@@ -23,7 +23,7 @@ import time
 
 from .errors import ModelsmithError
 from .files import safe_filename, write_new_text
-from .lora import _FITS
+from .lora import FITS
 
 KINDS = ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras")
 # ComfyUI's legacy folder names that hold the same kinds
@@ -136,7 +136,8 @@ def scan(folders: dict, cache: Cache | None = None) -> list[dict]:
                 entry = {"id": file_id(kind, rel), "kind": kind, "name": rel, "path": path, "size": lst.st_size}
                 if stat.S_ISLNK(lst.st_mode):
                     if not _inside(path, roots_real):
-                        entry.update(status="refused", error="a link that leads out of the model folders; not read")
+                        entry.update(status="refused", outside=True,
+                                     error="a link that leads out of the model folders; not read")
                         entries.append(entry)
                         continue
                 try:
@@ -239,7 +240,7 @@ def problems(entry: dict, ctx: dict) -> list[dict]:
 
 def _lora_fits(lora, model) -> bool:
     family, blocks = model
-    if family not in _FITS.get(lora["family"], (lora["family"],)):
+    if family not in FITS.get(lora["family"], (lora["family"],)):
         return False
     if lora["family"] == "anima" and blocks and lora.get("max_block") is not None:
         return lora["max_block"] < blocks and (not lora.get("anima_depth") or lora["anima_depth"] == blocks)
@@ -317,8 +318,8 @@ def apply_fix(entry: dict, action: str, *, replace: bool = False, progress=None)
             raise ModelsmithError(f"{os.path.basename(out)} exists already; not renamed") from None
         os.unlink(src)
         return {"output": out, "action": action}
-    if os.path.abspath(out) == os.path.abspath(src) or replace:
-        out = os.path.splitext(out)[0] + f".modelsmith-{int(time.time())}.safetensors" if replace else out
+    if replace:  # written under a name of its own first; the original goes only once the result is complete
+        out = os.path.splitext(out)[0] + f".modelsmith-{int(time.time())}.safetensors"
     if action == "convert":
         run_convert(src, out, dtype=None, ema="keep", progress=progress)
     elif action == "prune":

@@ -125,7 +125,7 @@ def analyse(tensors: dict, values=None) -> dict | None:
 
 
 # LoRA family (from its names) -> the model families it can be for
-_FITS = {"anima": ("anima", "cosmos-predict2"), "sd1/sdxl": ("sd1", "sd2", "sdxl", "sdxl-refiner"),
+FITS = {"anima": ("anima", "cosmos-predict2"), "sd1/sdxl": ("sd1", "sd2", "sdxl", "sdxl-refiner"),
          "flux": ("flux1", "flux2"), "sd3": ("sd3", "sd3.5-medium", "sd3.5-large")}
 
 
@@ -134,8 +134,8 @@ def fit(lora: dict, model_family: str, model_blocks: int | None, unmatched: int 
     `unmatched` of `total` LoRA modules found no layer in the model."""
     w = []
     lf = lora.get("family")
-    if lf in _FITS:
-        if model_family not in _FITS[lf]:
+    if lf in FITS:
+        if model_family not in FITS[lf]:
             w.append(f"This LoRA is for {lf} models but the model is {model_family}: it does not apply.")
     if lf == "anima" and model_family in ("anima", "cosmos-predict2") and model_blocks:
         depth = lora.get("max_block")

@@ -76,7 +76,7 @@ def _entry(body) -> dict:
         e = _STATE["entries"].get(fid) if isinstance(fid, str) else None
     if e is None:
         raise ModelsmithError("unknown file id: scan first, and pick a file the scan listed")
-    if e.get("status") == "refused" and not str(e.get("error", "")).startswith("refused to load"):
+    if e.get("outside"):  # listed so the user sees it, never read or written
         raise ModelsmithError(f"{e['id']}: {e.get('error')}")
     return e
 

@@ -230,3 +230,11 @@ def test_page_shows_problems_and_runs_a_fix(doctor_server):
         assert (doctor_server.models / "checkpoints" / "vpred_nomarker-vpred.safetensors").exists()
     fixed = inspect_file(doctor_server.models / "checkpoints" / "vpred_nomarker-vpred.safetensors")
     assert fixed["prediction"] == "v"
+
+
+def test_replace_puts_the_fixed_file_in_the_originals_place(models, env):
+    target = models / "checkpoints" / "vpred_nomarker.safetensors"
+    r = _cli(models, "--fix", "markers", "checkpoints/vpred_nomarker.safetensors", "--replace", env=env)
+    assert r.returncode == 0, r.stderr
+    assert inspect_file(target)["prediction"] == "v"
+    assert not [p.name for p in target.parent.iterdir() if ".modelsmith-" in p.name]  # no temporary left
