@@ -212,17 +212,20 @@ def test_page_shows_problems_and_runs_a_fix(doctor_server):
         got = {fid: set(codes) for fid, codes in rows}
         for fid, codes in EXPECTED.items():
             assert codes <= got[fid], (fid, got.get(fid))
-        page.fill("input.modelsmith-doctor-filter", "anima")  # the filter narrows the table
-        page.wait_for_timeout(300)
-        shown = page.evaluate("() => [...document.querySelectorAll('tr.modelsmith-doctor-row')].map(r => r.dataset.id)")
+        dlg = "#modelsmith-doctor-dialog"
+        page.fill(f"{dlg} input.modelsmith-doctor-filter", "anima")  # the filter narrows the table
+        rows_js = f"() => [...document.querySelectorAll('{dlg} tr.modelsmith-doctor-row')].map(r => r.dataset.id)"
+        page.wait_for_function(f"() => !({rows_js})().includes('vae/sdxl_vae.safetensors')", timeout=15000)
+        shown = page.evaluate(rows_js)
         assert "diffusion_models/anima-40.safetensors" in shown and "vae/sdxl_vae.safetensors" not in shown
-        page.fill("input.modelsmith-doctor-filter", "")
-        page.click("tr.modelsmith-doctor-row[data-id='checkpoints/vpred_nomarker.safetensors'] "
+        page.fill(f"{dlg} input.modelsmith-doctor-filter", "")
+        page.wait_for_function(f"() => ({rows_js})().includes('vae/sdxl_vae.safetensors')", timeout=15000)
+        page.click(f"{dlg} tr.modelsmith-doctor-row[data-id='checkpoints/vpred_nomarker.safetensors'] "
                    "button.modelsmith-doctor-fix[data-fix='markers']")
         page.wait_for_selector("tr.modelsmith-doctor-row[data-id='checkpoints/vpred_nomarker-vpred.safetensors']",
                                timeout=120000)
         for fid in ("checkpoints/copy.safetensors", "checkpoints/vpred_nomarker.safetensors"):  # hashes on demand
-            page.click(f"tr.modelsmith-doctor-row[data-id='{fid}'] button.modelsmith-doctor-hashbtn")
+            page.click(f"{dlg} tr.modelsmith-doctor-row[data-id='{fid}'] button.modelsmith-doctor-hashbtn")
             page.wait_for_selector(f"tr.modelsmith-doctor-row[data-id='{fid}'] .modelsmith-doctor-hash", timeout=60000)
         page.wait_for_selector("tr.modelsmith-doctor-row[data-id='checkpoints/copy.safetensors'] "
                                ".modelsmith-doctor-problem[data-code='duplicate']", timeout=30000)
