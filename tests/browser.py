@@ -18,6 +18,12 @@ def comfy_page(url: str, ready: str = "() => window.app && window.app.graph"):
     """A page with ComfyUI's frontend loaded and settled (the start-up workflow restored)."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout, sync_playwright
     os.makedirs(ARTIFACTS, exist_ok=True)
+    # a fresh ComfyUI greets a new user with its template browser (a modal that keeps the keyboard
+    # focus): tell the server the tour is done, as a returning user's settings say
+    import urllib.request
+    req = urllib.request.Request(url + "/settings/Comfy.TutorialCompleted", data=b"true", method="POST",
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=30).read()
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
         try:
@@ -30,6 +36,7 @@ def comfy_page(url: str, ready: str = "() => window.app && window.app.graph"):
                 page.wait_for_function("() => window.app.graph._nodes.length > 0", timeout=30000)
             except PlaywrightTimeout:
                 pass
+            page.keyboard.press("Escape")  # and close any dialog the start-up opened anyway
             yield page
         finally:
             browser.close()
