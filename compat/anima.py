@@ -27,6 +27,7 @@ from comfy.ldm.modules.attention import optimized_attention_masked
 
 from ..core.errors import ModelsmithError
 from ..core.families import count_indexed
+from .fp16_residual import enable_fp32_residual
 
 CONTEXT_TOKENS = 512  # the adapter output is zero-padded to this many tokens
 T5_VOCAB = 32128
@@ -244,7 +245,6 @@ def load_anima_model(sd: dict, dtype=None, metadata: dict | None = None):
     if quantized:
         attach_quantized(model.diffusion_model, sd, quantized, prefix)
     model.load_model_weights(sd, prefix)
-    from .fp16_residual import enable_fp32_residual
     enable_fp32_residual(model.diffusion_model)  # active only when it computes in fp16
     return comfy.model_patcher.ModelPatcher(model, load_device=load_device,
                                             offload_device=comfy.model_management.unet_offload_device())

@@ -157,8 +157,7 @@ def scan(folders: dict, cache: Cache | None = None) -> list[dict]:
                         summary, err = None, str(e).replace(path + ": ", "")
                     except (OSError, ValueError, RuntimeError) as e:
                         summary, err = None, f"could not be inspected ({type(e).__name__}: {str(e)[:160]})"
-                    cache.put(path, st, summary=summary, error=err)
-                hit = cache.get(path, st) or {}
+                    hit = cache.put(path, st, summary=summary, error=err)
                 entry.update(status="refused" if err and "refused to load" in err else ("error" if err else "ok"),
                              summary=summary, error=err, sha256=hit.get("sha256"))
                 entries.append(entry)

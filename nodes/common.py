@@ -73,7 +73,8 @@ def input_linked(prompt, unique_id, name: str) -> bool:
 def check_conditioning(value, name: str, prompt=None, unique_id=None, hint: str = ""):
     """A CONDITIONING input that is connected must carry conditioning; None/empty is a user mistake
     (e.g. a Prompt Builder without a CLIP), never a silent fallback."""
-    if value is None and input_linked(prompt, unique_id, name) or value is not None and len(value) == 0:
+    connected_but_none = value is None and input_linked(prompt, unique_id, name)
+    if connected_but_none or (value is not None and len(value) == 0):
         raise ModelsmithError(f"the {name} input is connected but carries no conditioning{hint}; connect a CLIP to the "
                               f"node that makes it (e.g. the Prompt Builder's clip input)")
     return value

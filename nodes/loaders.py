@@ -109,12 +109,12 @@ class ModelsmithCheckpointLoader:
 
     def load(self, ckpt_name, prediction="auto", prompt=None, unique_id=None):
         path = common.resolve_model(f"checkpoints/{ckpt_name}", ("checkpoints",))
-        if 2 in common.outputs_used(prompt, unique_id):  # its VAE output is used: say so before loading anything
-            rep = core_inspect.inspect_file(path)
-            if rep["layout"] == "checkpoint" and not rep["components"].get("vae"):
-                raise ModelsmithError(f"{ckpt_name} has no VAE, but this loader's VAE output is connected: connect a "
-                                      f"VAELoader's VAE instead")
-        model, clip, vae, report = load_checkpoint_file(path)
+        rep = core_inspect.inspect_file(path)
+        if 2 in common.outputs_used(prompt, unique_id) and rep["layout"] == "checkpoint" \
+                and not rep["components"].get("vae"):  # its VAE output is used: say so before loading anything
+            raise ModelsmithError(f"{ckpt_name} has no VAE, but this loader's VAE output is connected: connect a "
+                                  f"VAELoader's VAE instead")
+        model, clip, vae, report = load_checkpoint_file(path, rep)
         pred, ztsnr = resolve_prediction(report, prediction)
         family = report["family"]
         if family in ("sd1", "sd2", "sdxl", "sdxl-refiner") and report.get("prediction") in ("eps", "v", None):

@@ -115,6 +115,8 @@ def test_anima_loader_lists_only_files_that_exist(comfy, tmp_path, monkeypatch):
     """In an empty folder the loader lists nothing (no default name shown as if present)."""
     import folder_paths
     import nodes
+    # a listing cache of its own: the empty folders' listings must not outlive this test
+    monkeypatch.setattr(folder_paths, "filename_list_cache", {})
     for folder in ("diffusion_models", "text_encoders", "vae"):
         empty = tmp_path / folder
         empty.mkdir()
