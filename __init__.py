@@ -7,7 +7,7 @@ choices"). The mappings are built lazily on first access and only when `comfy` i
 `import modelsmith` (the CLI, the tests of core/) never imports ComfyUI or torch and changes nothing
 in a running ComfyUI at import time.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 # the small front-end extension that shows a node's reported text inside the node
 WEB_DIRECTORY = "./web"
 _MAPPINGS = None

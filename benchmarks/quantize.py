@@ -8,7 +8,7 @@ tensor storage, all layers, as a GPU load would move it), bytes per parameter of
 layers, the output's cosine similarity to the bf16-weight model, and CPU seconds per denoiser call
 (interleaved, 7 rounds, medians; on the CPU ComfyUI computes bf16 weights in fp32). Targets: <= 1.02
 (fp8) and <= 0.57 (nvfp4) bytes/param for quantized layers. With a CUDA GPU it also prints fp8 vs
-bf16 linear throughput (the layer's native path vs a bf16 nn.Linear).
+bf16 linear throughput (the layer's native path vs a plain bf16 matmul).
 
 On a runtime with its own quantized-tensor layers (ComfyUI 0.29: comfy-kitchen QuantizedTensor in
 `mixed_precision_ops`), part 2 measures both backends of the node side by side (backend=comfyui and
@@ -83,11 +83,12 @@ def gpu_linear_throughput():
     from modelsmith.kernels.qlinear import QuantLinear, compute_path
     dev = torch.device("cuda")
     for m, k, n in ((4096, 4096, 4096), (8192, 3072, 12288)):
-        lin = torch.nn.Linear(k, n, bias=False, device=dev, dtype=torch.bfloat16)
-        q = QuantLinear.from_linear(lin, "float8_e4m3fn").to(dev)
+        w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) / k ** 0.5
+        qw, scale = fp8.quantize(w, dtype=torch.float8_e4m3fn)
+        q = QuantLinear("float8_e4m3fn", qw, scale.reshape(()), None, None, k, n).to(dev)
         x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
         res = {}
-        for name, fn in (("bf16", lambda: lin(x)), ("fp8", lambda: q(x))):
+        for name, fn in (("bf16", lambda: torch.nn.functional.linear(x, w)), ("fp8", lambda: q(x))):
             for _ in range(5):
                 fn()
             torch.cuda.synchronize()

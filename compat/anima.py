@@ -253,8 +253,6 @@ def load_anima_model(sd: dict, dtype=None, metadata: dict | None = None):
 # ----------------------------------------------------------------------------------------------
 # Native Anima (current ComfyUI): core's own classes, at the depth the file has
 
-# what core's LLMAdapter is built with (comfy/ldm/anima/model.py: fixed, not read from the file)
-NATIVE_ADAPTER = {"dim": 1024, "source_dim": 1024, "layers": 6, "heads": 16, "vocab": T5_VOCAB}
 # core's detection fixes these for width 2048 (28 blocks, 16 heads) and for any width (adaln 256,
 # cross-attention 1024); the file decides them here
 _DEPTH_KEYS = ("num_blocks", "num_heads", "adaln_lora_dim", "crossattn_emb_channels", "model_channels")
@@ -262,9 +260,11 @@ _DEPTH_KEYS = ("num_blocks", "num_heads", "adaln_lora_dim", "crossattn_emb_chann
 
 def native_misfit(config: dict) -> str | None:
     """None when core's native Anima can hold a file of this configuration, else why not."""
-    if not native_anima_available():
+    from .core_probe import core_anima_adapter
+    core = core_anima_adapter() if native_anima_available() else None
+    if core is None:
         return "this ComfyUI has no native Anima"
-    diff = [f"{k} {config['adapter'][k]} (core: {v})" for k, v in NATIVE_ADAPTER.items() if config["adapter"].get(k) != v]
+    diff = [f"{k} {config['adapter'][k]} (core: {v})" for k, v in core.items() if config["adapter"].get(k) != v]
     if diff:
         return "its LLM adapter differs from core's fixed one: " + ", ".join(diff)
     return None

@@ -24,6 +24,7 @@ import torch
 
 from ..core.errors import ModelsmithError
 from ..core.quantize import PRESETS, excluded, parse_exclude, preset_for
+from ..kernels.formats import SCALE_SUFFIXES, logical_columns
 from ..kernels.qlinear import FORMATS, QuantLinear, compute_path
 
 
@@ -253,12 +254,32 @@ def quantized_patcher(patcher, fmt: str, preset: str = "auto", exclude: str = ""
 # Quantized files (ComfyUI's native format) loaded into QuantLinear layers
 
 FILE_FORMATS = {"float8_e4m3fn": "float8_e4m3fn", "float8_e5m2": "float8_e5m2", "nvfp4": "nvfp4"}
-_AUX = (".comfy_quant", ".weight_scale", ".weight_scale_2", ".input_scale")
+_AUX = SCALE_SUFFIXES
+
+
+def core_reads(fmt: str) -> bool:
+    """Whether the running ComfyUI reads quantized layers in `fmt` from a file (its QUANT_ALGOS,
+    with comfy-kitchen present): asked of core, never decided from a version table."""
+    try:
+        import comfy.quant_ops as qo
+    except ImportError:
+        return False
+    return fmt in getattr(qo, "QUANT_ALGOS", {}) and getattr(qo, "_CK_AVAILABLE", True)
+
+
+def check_core_reads(formats, name: str) -> None:
+    """One sentence, before any work, when a file holds a quantized format that neither the running
+    ComfyUI nor the pack's own layers (FILE_FORMATS) can read."""
+    missing = sorted({f for f in formats if not core_reads(f) and f not in FILE_FORMATS})
+    if missing:
+        from ..kernels.formats import needs_newer_comfyui
+        raise ModelsmithError(f"{name}: " + needs_newer_comfyui(missing[0]))
 
 
 def quantized_layers(sd: dict, metadata: dict | None = None, prefix: str = "") -> dict:
     """{layer key (with the file's prefix): format} of a file's quantized layers, found by their
-    `comfy_quant` tensor or the `_quantization_metadata` header; unknown formats are refused."""
+    `comfy_quant` tensor or the `_quantization_metadata` header, whatever the format (who can compute
+    it is decided where it is computed)."""
     from ..core.safetensors_io import quant_format_of, small_json_object
     layers = {}
     if metadata and metadata.get("_quantization_metadata"):
@@ -274,12 +295,8 @@ def quantized_layers(sd: dict, metadata: dict | None = None, prefix: str = "") -
     resolved = {}
     for layer, fmt in layers.items():
         full = next((f for f in (layer, prefix + layer) if f + ".weight" in sd), None)
-        if full is None:
-            continue
-        if fmt not in FILE_FORMATS:
-            raise ModelsmithError(f"{full}: quantized format {fmt!r} is not supported here "
-                                  f"(supported: {', '.join(FILE_FORMATS)})")
-        resolved[full] = FILE_FORMATS[fmt]
+        if full is not None:
+            resolved[full] = fmt
     return resolved
 
 
@@ -292,6 +309,13 @@ def split_quantized(sd: dict, metadata: dict | None = None, prefix: str = "") ->
     `weight_scale_2`; `comfy_quant` and `input_scale` are gone. Unknown formats are refused."""
     from ..kernels import nvfp4 as k_nvfp4
     resolved = quantized_layers(sd, metadata, prefix)
+    other = sorted({f for f in resolved.values() if f not in FILE_FORMATS})
+    if other:
+        from ..kernels.formats import needs_newer_comfyui
+        raise ModelsmithError(
+            (f"Modelsmith's own quantized layers compute {', '.join(FILE_FORMATS)} only and this file has {other[0]} "
+             f"layers: it loads through ComfyUI's own loader, which this model could not use here")
+            if core_reads(other[0]) else needs_newer_comfyui(other[0]))
     out = {k: v for k, v in sd.items() if not (k.endswith(_AUX) and k.rsplit(".", 1)[0] in resolved)}
     for layer, fmt in resolved.items():
         w, s = sd[layer + ".weight"], sd.get(layer + ".weight_scale")
@@ -312,7 +336,7 @@ def split_quantized(sd: dict, metadata: dict | None = None, prefix: str = "") ->
 
 def logical_shape(sd: dict, layer: str, fmt: str):
     w = sd[layer + ".weight"]
-    return (w.shape[0], w.shape[1] * 2) if fmt == "nvfp4" else tuple(w.shape)
+    return (w.shape[0], logical_columns(fmt, w.shape[1])) if w.ndim == 2 else tuple(w.shape)
 
 
 def attach_quantized(dit: torch.nn.Module, sd: dict, layers: dict, prefix: str = "") -> None:

@@ -22,6 +22,7 @@ import stat
 import time
 
 from .errors import ModelsmithError
+from .families import CORE_ANIMA
 from .files import safe_filename, write_new_text
 from .lora import FITS
 
@@ -29,10 +30,10 @@ KINDS = ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras")
 # ComfyUI's legacy folder names that hold the same kinds
 ALIASES = {"unet": "diffusion_models", "clip": "text_encoders"}
 MODEL_EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 _SUMMARY_KEYS = ("family", "variant", "layout", "precision", "prediction", "ztsnr", "ema", "params", "kind",
                  "components", "warnings", "modelspec", "lora")
-_DETAIL_KEYS = ("blocks", "width", "adapter_blocks", "text_encoder", "stock_native_truncates", "stock_native_blocks",
+_DETAIL_KEYS = ("blocks", "width", "adapter_blocks", "text_encoder", "core_adapter_fits", "comfyui_loads_whole_since",
                 "extra_modules")
 # ModelSpec architecture ids (reference.md section 7) -> the families they name
 ARCH_FAMILIES = {"stable-diffusion-v1": "sd1", "stable-diffusion-v2-768-v": "sd2", "stable-diffusion-v2-512": "sd2",
@@ -121,8 +122,10 @@ def _inside(path: str, roots) -> bool:
     return any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
 
 
-def scan(folders: dict, cache: Cache | None = None) -> list[dict]:
-    """Every model file of the given {kind: [root, ...]} folders, with its summary and problems."""
+def scan(folders: dict, cache: Cache | None = None, runtime=None) -> list[dict]:
+    """Every model file of the given {kind: [root, ...]} folders, with its summary and problems.
+    `runtime(entry)`: what the running ComfyUI does with an Anima file (compat.core_probe's verdict,
+    or None); without it (the CLI) the header-only facts speak."""
     from .inspect import inspect_file
     cache = cache or Cache(None)
     roots_real = [os.path.realpath(r) for rs in folders.values() for r in rs if os.path.isdir(r)]
@@ -161,17 +164,17 @@ def scan(folders: dict, cache: Cache | None = None) -> list[dict]:
                 entry.update(status="refused" if err and "refused to load" in err else ("error" if err else "ok"),
                              summary=summary, error=err, sha256=hit.get("sha256"))
                 entries.append(entry)
-    relist(entries)
+    relist(entries, runtime)
     cache.save()
     return entries
 
 
-def relist(entries: list[dict]) -> None:
+def relist(entries: list[dict], runtime=None) -> None:
     """(Re)compute every entry's problems; what one file's problems depend on in the others (the
     models present, equal hashes) is gathered once, so this is linear in the number of files."""
     ctx = {"models": {((e["summary"].get("family")), (e["summary"].get("details") or {}).get("blocks"))
                       for e in entries if e.get("summary") and (e["summary"].get("components") or {}).get("denoiser")},
-           "hashes": {}}
+           "hashes": {}, "runtime": runtime}
     for e in entries:
         if e.get("sha256"):
             ctx["hashes"].setdefault(e["sha256"], []).append(e["id"])
@@ -218,9 +221,15 @@ def problems(entry: dict, ctx: dict) -> list[dict]:
     if has_denoiser and s.get("precision") == "fp32":
         out.append(_p("fp32", "stored in fp32: half the size in fp16 with no visible difference", "fp16"))
     d = s.get("details") or {}
-    if s.get("family") == "anima" and d.get("stock_native_truncates"):
-        out.append(_p("anima-truncated", f"a {d.get('blocks')}-block Anima: ComfyUI's stock loaders build only "
-                      f"{d.get('stock_native_blocks')} blocks from it (broken images); use Modelsmith's Anima loader"))
+    if s.get("family") == "anima" and has_denoiser:
+        core = ctx["runtime"](entry) if ctx.get("runtime") else None
+        if core is not None and not core.get("loads_whole"):
+            out.append(_p("anima-core", core["sentence"]))
+        elif core is None and d.get("comfyui_loads_whole_since") != CORE_ANIMA["native_since"]:
+            since = d.get("comfyui_loads_whole_since")
+            out.append(_p("anima-core", f"a {d.get('blocks')}-block Anima: ComfyUI's stock loaders load it whole "
+                          + (f"from {since} on" if since else "in no version") + "; Modelsmith's Anima loader "
+                          "loads it on any ComfyUI"))
     lora = s.get("lora")
     if lora and lora.get("family") not in (None, "unknown"):
         models = ctx["models"]

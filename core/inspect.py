@@ -11,7 +11,8 @@ import os
 
 from . import families as fam
 from .errors import ModelsmithError
-from ..kernels.formats import FP8_FORMATS, SCALE_SUFFIXES, nf4_aux_keys, nf4_weights
+from .families import CORE_ANIMA
+from ..kernels.formats import FP8_FORMATS, QUANT_FORMATS, SCALE_SUFFIXES, logical_columns, nf4_aux_keys, nf4_weights
 from .files import check_regular_file
 from .safetensors_io import (FLOAT_DTYPES, PICKLE_EXTS, decode_floats, file_format, quant_format_of, read_header,
                              read_tensor_bytes, small_json_object)
@@ -66,7 +67,9 @@ def _denoiser_stats(den: dict, quant: dict) -> tuple[str, int]:
         if name in nf4_aux:
             continue
         n = math.prod(shape)
-        if (quant and name.endswith(".weight") and quant.get(name[:-7]) == "nvfp4") or name in nf4:
+        if quant and name.endswith(".weight") and name[:-7] in quant and len(shape) == 2:
+            n = shape[0] * logical_columns(quant[name[:-7]], shape[1])
+        elif name in nf4:
             n *= 2
         params += n
         if len(shape) >= 2 and dtype in FLOAT_DTYPES:
@@ -178,6 +181,14 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
     report["precision"] = precision if den else None
     if quant:
         report["quantized_layers"] = len(quant)
+        counts = {}
+        for fmt in quant.values():
+            counts[fmt] = counts.get(fmt, 0) + 1
+        report["quantization"] = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+        unknown = sorted(f for f in counts if f not in QUANT_FORMATS)
+        if unknown:
+            warnings.append("Quantized layers in a format neither Modelsmith nor any ComfyUI it knows reads: "
+                            + ", ".join(unknown) + ".")
 
     # prediction
     pred = None
@@ -287,15 +298,16 @@ def _warn(report, tensors, source):
 
 
 def _warn_anima(d: dict, w: list) -> None:
-    blocks = d.get("blocks")
-    if d.get("stock_native_truncates"):
-        w.append(f"A {blocks}-block Anima: ComfyUI's stock loaders with native Anima build only "
-                 f"{d['stock_native_blocks']} blocks from it and give broken images without an error; load it "
-                 f"with Modelsmith's Anima loader, which builds all {blocks}.")
-    elif d.get("adapter_blocks") and not d.get("stock_native_adapter_fits"):
+    """Header-only facts (the CLI); inside ComfyUI the running core is asked as well (core_probe)."""
+    blocks, since = d.get("blocks"), d.get("comfyui_loads_whole_since")
+    if d.get("adapter_blocks") and not d.get("core_adapter_fits"):
         w.append(f"Its LLM adapter ({d.get('adapter_blocks')} blocks, {d.get('adapter_dim')} wide, reading "
                  f"{d.get('adapter_source_dim')}-wide states) is not the one ComfyUI's native Anima builds; load it "
                  f"with Modelsmith's Anima loader.")
+    elif since and since == CORE_ANIMA["any_depth_since"]:
+        w.append(f"A {blocks}-block Anima: ComfyUI's stock loaders build it whole from {since} on; older native "
+                 f"Anima builds only {CORE_ANIMA['base_blocks']} blocks and gives broken images without an error "
+                 f"(Modelsmith's Anima loader builds all {blocks} on any ComfyUI).")
     if d.get("extra_modules"):
         w.append("Modules beyond the Cosmos DiT and LLM adapter: " + ", ".join(d["extra_modules"]) +
                  " (Modelsmith's loader does not know them and refuses the file rather than drop them).")

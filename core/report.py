@@ -4,7 +4,10 @@ from __future__ import annotations
 
 def format_report(r: dict) -> str:
     rows = [("file", r.get("file", {}).get("path", "")), ("family", r["family"]), ("variant", r["variant"] or "-"),
-            ("layout", r["layout"] or "-"), ("precision", r["precision"] or "-"),
+            ("layout", r["layout"] or "-"), ("precision", r["precision"] or "-")]
+    if r.get("quantization"):
+        rows.append(("quantized", ", ".join(f"{fmt} {n}" for fmt, n in r["quantization"].items()) + " layers"))
+    rows += [
             ("prediction", r["prediction"] or "-"), ("ztsnr", "yes" if r["ztsnr"] else "no"),
             ("ema", "yes" if r["ema"] else "no"), ("params", f"{r['params'] / 1e6:,.1f} M"),
             ("denoiser", "yes" if r["components"].get("denoiser") else "no"),
@@ -15,8 +18,8 @@ def format_report(r: dict) -> str:
     d = r.get("details") or {}
     if r["family"] == "anima" and d.get("blocks"):
         rows.append(("anima", f"{d['blocks']} blocks, {d.get('width')} wide; LLM adapter {d.get('adapter_blocks')} blocks "
-                              f"reading {d.get('text_encoder')}; stock native Anima would build {d.get('stock_native_blocks')}"
-                              + (" (truncated)" if d.get("stock_native_truncates") else "")))
+                              f"reading {d.get('text_encoder')}; ComfyUI's stock loaders load it whole: "
+                              + (d.get("comfyui_loads_whole_since") or "none (use Modelsmith's Anima loader)")))
     if r.get("lora"):
         from .lora import describe
         rows.append(("lora", describe(r["lora"])))

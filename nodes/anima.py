@@ -43,6 +43,8 @@ def _check_dit(path):
 
 
 def _check_dit_whole(rep, path):
+    from ..compat.quantized import check_core_reads
+    check_core_reads(rep.get("quantization") or {}, os.path.basename(path))
     extra = rep.get("details", {}).get("extra_modules")
     if extra:
         raise ModelsmithError(f"{os.path.basename(path)} holds modules Modelsmith's Anima does not know "

@@ -38,8 +38,28 @@ def cache_path() -> str:
     return os.path.join(folder_paths.get_user_directory(), "modelsmith", "doctor.json")
 
 
+_VERDICTS: dict = {}  # (path, size, mtime_ns) -> what the running core does with that Anima file
+
+
+def core_verdict(entry: dict) -> dict | None:
+    """compat.core_probe's verdict on a scanned Anima file (the running core asked, header only),
+    remembered while the file is unchanged; None where it cannot be asked (a pickle)."""
+    from ..compat.core_probe import anima_verdict_for_file
+    try:
+        st = os.stat(entry["path"])
+    except OSError:
+        return None
+    key = (entry["path"], st.st_size, st.st_mtime_ns)
+    if key not in _VERDICTS:
+        try:
+            _VERDICTS[key] = anima_verdict_for_file(entry["path"])
+        except ModelsmithError:
+            _VERDICTS[key] = None
+    return _VERDICTS[key]
+
+
 def run_scan() -> list[dict]:
-    entries = doctor.scan(model_folders(), doctor.Cache(cache_path()))
+    entries = doctor.scan(model_folders(), doctor.Cache(cache_path()), runtime=core_verdict)
     with _LOCK:
         _STATE["entries"] = {e["id"]: e for e in entries}
     return entries

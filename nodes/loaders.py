@@ -37,14 +37,12 @@ class ModelsmithInspect:
     def inspect(self, model_file):
         report = core_inspect.inspect_file(common.resolve_model(model_file))
         d = report.get("details") or {}
-        if report["family"] == "anima" and d.get("blocks"):  # what *this* ComfyUI would do with it
-            from ..compat.anima import native_anima_available
-            report["warnings"].append(
-                (f"The running ComfyUI has native Anima: its stock loaders would build {d['stock_native_blocks']} of "
-                 f"the {d['blocks']} blocks." if d.get("stock_native_truncates") else
-                 "The running ComfyUI has native Anima and its stock loaders build all blocks of this file.")
-                if native_anima_available() else
-                "The running ComfyUI has no native Anima: only Modelsmith's Anima loader loads this file.")
+        if report["family"] == "anima" and d.get("blocks"):  # what *this* ComfyUI does with it, asked of core
+            from ..compat.core_probe import anima_verdict_for_file
+            verdict = anima_verdict_for_file(report["file"]["path"])
+            if verdict is not None:
+                report["comfyui"] = verdict
+                report["warnings"].append(verdict["sentence"])
         text = format_report(report)
         return {"ui": {"text": [text]}, "result": (text, json.dumps(report, indent=2))}
 
@@ -59,6 +57,9 @@ def load_checkpoint_file(path: str, report: dict | None = None):
         raise ModelsmithError(
             f"{os.path.basename(path)} is a {report['family']} {report['layout']}, not a single-file checkpoint: "
             f"load it with a diffusion-model loader (or the Anima loader).")
+    if report.get("quantization"):
+        from ..compat.quantized import check_core_reads
+        check_core_reads(report["quantization"], os.path.basename(path))
     if report["file"]["format"] == "pickle":
         sd = guarded_state_dict(path)
         metadata = None

@@ -1,4 +1,4 @@
-"""Render the template browser's thumbnail (`workflows/<title>.jpg`) of every bundled workflow: each UI
+"""Render the template browser's thumbnail (`example_workflows/<title>.jpg`) of every bundled workflow: each UI
 graph is loaded into the real ComfyUI frontend in headless Chromium, fitted to the view and shot.
 
     .venv-0.29/bin/python scripts/make_thumbnails.py      (starts its own server on a free port)

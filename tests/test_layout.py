@@ -67,7 +67,7 @@ def test_no_catch_all_module_names_and_every_folder_documented():
     assert not [n for n in _NAMES if n.rsplit(".", 1)[-1] in ("more", "misc", "utils", "helpers", "cli_more", "stuff")]
     arch = open(os.path.join(ROOT, "ARCHITECTURE.md")).read()
     readme = open(os.path.join(ROOT, "README.md")).read()
-    for pkg in PACKAGES + ("web", "workflows", "benchmarks", "scripts"):
+    for pkg in PACKAGES + ("web", "example_workflows", "benchmarks", "scripts"):
         assert f"`{pkg}/`" in arch and f"`{pkg}/`" in readme, pkg
     for n in _NAMES:  # every module is named on the architecture page
         leaf = n.rsplit(".", 1)[-1]

@@ -1,7 +1,7 @@
 """Bundled workflows: API-format graphs <-> ComfyUI UI graphs and their validation against
 /object_info (the HTTP client that queues them is tools/queue.py). Comfy-free.
 
-The API twins in workflows/api/ are the source; the UI graphs in workflows/ are generated from them
+The API twins in example_workflows/api/ are the source; the UI graphs in example_workflows/ are generated from them
 with the server's /object_info (`python -m modelsmith workflows build`) plus a Note node each, and
 `workflows check` proves the two still agree and that every node, widget value and link type exists.
 """
@@ -13,7 +13,7 @@ import os
 from ..core.errors import ModelsmithError
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKFLOW_DIR = os.path.join(HERE, "workflows")
+WORKFLOW_DIR = os.path.join(HERE, "example_workflows")
 API_DIR = os.path.join(WORKFLOW_DIR, "api")
 VIRTUAL_NODES = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 
@@ -282,7 +282,7 @@ NOTES = {
 
 
 def build_all(object_info: dict, names=None) -> list[str]:
-    """Write workflows/<name>.json (UI graph) from each API twin. Returns the paths written."""
+    """Write example_workflows/<name>.json (UI graph) from each API twin. Returns the paths written."""
     written = []
     for name in names or bundled():
         ui = api_to_ui(load_api(name), object_info, NOTES.get(name, ""))

@@ -1,6 +1,6 @@
 // Model Doctor: every file of ComfyUI's model folders at a glance (from the tensors, via the pack's
 // /modelsmith/doctor route), with filters, sorting, problems and one-step fixes. Shown as a sidebar
-// tab where the frontend has them, else as a dialog opened from a menu button.
+// tab of the frontend's extension manager.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
@@ -150,39 +150,14 @@ function render(root) {
   load();
 }
 
-function openDialog() {
-  let dlg = document.getElementById("modelsmith-doctor-dialog");
-  if (!dlg) {
-    dlg = document.createElement("div");
-    dlg.id = "modelsmith-doctor-dialog";
-    dlg.style.cssText = "position:fixed;inset:5%;z-index:10000;background:var(--comfy-menu-bg,#222);" +
-      "border:1px solid #666;border-radius:6px;overflow:auto";
-    const close = document.createElement("button");
-    close.textContent = "✕";
-    close.style.cssText = "position:absolute;right:8px;top:8px";
-    close.onclick = () => dlg.remove();
-    const body = document.createElement("div");
-    dlg.append(close, body);
-    document.body.append(dlg);
-    render(body);
-  }
-}
-
 app.registerExtension({
   name: "modelsmith.doctor",
   async setup() {
-    window.modelsmithDoctor = openDialog; // also reachable from the browser console
-    const sidebar = app.extensionManager?.registerSidebarTab;
-    if (sidebar) {
-      app.extensionManager.registerSidebarTab({
-        id: "modelsmith-doctor", icon: "pi pi-heart", title: "Model Doctor", tooltip: "Model Doctor (Modelsmith)",
-        type: "custom", render: (el) => render(el),
-      });
-    } else {
-      const b = document.createElement("button");
-      b.textContent = "Model Doctor";
-      b.onclick = openDialog;
-      document.querySelector(".comfy-menu")?.append(b);
-    }
+    // a sidebar tab of the frontend's extension manager (every frontend the supported ComfyUI
+    // versions pin has one); nothing is added to the page outside it and no global is written
+    app.extensionManager?.registerSidebarTab?.({
+      id: "modelsmith-doctor", icon: "pi pi-heart", title: "Model Doctor", tooltip: "Model Doctor (Modelsmith)",
+      type: "custom", render: (el) => render(el),
+    });
   },
 });
