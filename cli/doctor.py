@@ -49,7 +49,10 @@ def cmd_doctor(args) -> int:
     for e in entries:
         s = e.get("summary") or {}
         what = " ".join(str(x) for x in (s.get("family"), s.get("variant"), s.get("layout") or s.get("kind"),
-                                         s.get("precision"), s.get("prediction"), "ztsnr" if s.get("ztsnr") else None)
+                                         s.get("precision"),
+                                         "(" + ", ".join(f"{k} {n}" for k, n in s["quantization"].items()) + ")"
+                                         if s.get("quantization") else None,
+                                         s.get("prediction"), "ztsnr" if s.get("ztsnr") else None)
                         if x and x != "unknown") or e.get("status")
         size = f"{e['size'] / 1e9:.2f} GB" if e["size"] >= 1e8 else f"{e['size'] / 1e6:.1f} MB"
         extra = f"  sha256 {e['sha256'][:12]} (AutoV2 {doctor.autov2(e['sha256'])})" if e.get("sha256") else ""

@@ -31,8 +31,8 @@ KINDS = ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras")
 ALIASES = {"unet": "diffusion_models", "clip": "text_encoders"}
 MODEL_EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
 CACHE_VERSION = 3
-_SUMMARY_KEYS = ("family", "variant", "layout", "precision", "prediction", "ztsnr", "ema", "params", "kind",
-                 "components", "warnings", "modelspec", "lora")
+_SUMMARY_KEYS = ("family", "variant", "layout", "precision", "quantization", "prediction", "ztsnr", "ema", "params",
+                 "kind", "components", "warnings", "modelspec", "lora")
 _DETAIL_KEYS = ("blocks", "width", "adapter_blocks", "text_encoder", "core_adapter_fits", "comfyui_loads_whole_since",
                 "extra_modules")
 # ModelSpec architecture ids (reference.md section 7) -> the families they name

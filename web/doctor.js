@@ -18,6 +18,9 @@ function value(f, key) {
   if (key === "prediction") return (s.prediction || "") + (s.ztsnr ? "+ztsnr" : "");
   if (key === "family" && s.lora) return "lora: " + (s.lora.family || "");
   if (key === "variant" && s.lora) return s.lora.targets || "";
+  if (key === "precision" && s.quantization) {
+    return s.precision + " (" + Object.entries(s.quantization).map(([k, n]) => `${k} ${n}`).join(", ") + ")";
+  }
   return s[key] ?? "";
 }
 
