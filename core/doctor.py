@@ -228,7 +228,7 @@ def problems(entry: dict, ctx: dict) -> list[dict]:
         elif core is None and d.get("comfyui_loads_whole_since") != CORE_ANIMA["native_since"]:
             since = d.get("comfyui_loads_whole_since")
             out.append(_p("anima-core", f"a {d.get('blocks')}-block Anima: ComfyUI's stock loaders load it whole "
-                          + (f"from {since} on" if since else "in no version") + "; Modelsmith's Anima loader "
+                          + (f"in {since}" if since else "in no version") + "; Modelsmith's Anima loader "
                           "loads it on any ComfyUI"))
     lora = s.get("lora")
     if lora and lora.get("family") not in (None, "unknown"):

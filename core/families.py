@@ -137,7 +137,7 @@ ANIMA_TEXT_ENCODERS = {1024: "qwen3-0.6b", 2560: "qwen3.5-4b"}
 # blocks for width 2048 whatever the file held, and builds a tune at its own depth from ComfyUI 0.33
 # on (upstream PR 15555).
 CORE_ANIMA = {"adapter_dim": 1024, "adapter_blocks": 6, "source_dim": 1024, "base_blocks": 28, "base_width": 2048,
-              "native_since": "any ComfyUI with native Anima (January 2026 on)", "any_depth_since": "ComfyUI 0.33"}
+              "native_since": "any ComfyUI with native Anima (January 2026 on)", "any_depth_since": "ComfyUI >= 0.33"}
 _DIT_TOP = {"pos_embedder", "x_embedder", "t_embedder", "t_embedding_norm", "blocks", "final_layer", "llm_adapter",
             "extra_pos_embedder", "logvar"}
 _ADAPTER_TOP = {"embed", "blocks", "out_proj", "norm"}

@@ -305,7 +305,7 @@ def _warn_anima(d: dict, w: list) -> None:
                  f"{d.get('adapter_source_dim')}-wide states) is not the one ComfyUI's native Anima builds; load it "
                  f"with Modelsmith's Anima loader.")
     elif since and since == CORE_ANIMA["any_depth_since"]:
-        w.append(f"A {blocks}-block Anima: ComfyUI's stock loaders build it whole from {since} on; older native "
+        w.append(f"A {blocks}-block Anima: ComfyUI's stock loaders build it whole in {since}; older native "
                  f"Anima builds only {CORE_ANIMA['base_blocks']} blocks and gives broken images without an error "
                  f"(Modelsmith's Anima loader builds all {blocks} on any ComfyUI).")
     if d.get("extra_modules"):

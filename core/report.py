@@ -18,7 +18,7 @@ def format_report(r: dict) -> str:
     d = r.get("details") or {}
     if r["family"] == "anima" and d.get("blocks"):
         rows.append(("anima", f"{d['blocks']} blocks, {d.get('width')} wide; LLM adapter {d.get('adapter_blocks')} blocks "
-                              f"reading {d.get('text_encoder')}; ComfyUI's stock loaders load it whole: "
+                              f"reading {d.get('text_encoder')}; loaded whole by ComfyUI's stock loaders in: "
                               + (d.get("comfyui_loads_whole_since") or "none (use Modelsmith's Anima loader)")))
     if r.get("lora"):
         from .lora import describe

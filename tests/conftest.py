@@ -152,7 +152,7 @@ class ComfyServer:
             return ""
 
 
-def start_server(models_dir, output_dir, log_path, timeout=180):
+def start_server(models_dir, output_dir, log_path, timeout=180, extra_args=(), cwd=None):
     port = free_port()
     cfg = Path(log_path).with_suffix(".yaml")
     cfg.write_text("modelsmith_tests:\n    base_path: %s\n" % models_dir + "".join(
@@ -162,8 +162,8 @@ def start_server(models_dir, output_dir, log_path, timeout=180):
     proc = subprocess.Popen(
         [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
          "--extra-model-paths-config", str(cfg), "--output-directory", str(output_dir),
-         "--disable-auto-launch", "--disable-metadata"],
-        cwd=cpath, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+         "--disable-auto-launch", "--disable-metadata", *extra_args],
+        cwd=cwd or cpath, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     srv = ComfyServer(f"http://127.0.0.1:{port}", proc, log_path)
     deadline = time.time() + timeout
     while time.time() < deadline:

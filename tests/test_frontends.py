@@ -1,0 +1,150 @@
+"""The web extension on the frontends users have, in headless Chromium: ComfyUI 0.33 with the frontend it
+pins and with the newest on PyPI (comfyui-frontend-package 1.58.1, served with --front-end-root), each
+in classic rendering and with Nodes 2.0 (Vue nodes, setting Comfy.VueNodes.Enabled). In every one:
+the template browser shows every bundled template with its title and thumbnail, a node's report is
+readable inside the node after a run, a user mistake shows the pack's sentence, and the Model Doctor
+sidebar tab lists the models folder. The other runtimes run the same extension on their own pinned
+frontends (tests/test_workflows.py, tests/test_doctor.py)."""
+import json
+import os
+import shutil
+import urllib.request
+
+import pytest
+
+import browser
+from comfy_env import ROOT, comfy_version
+from conftest import start_server, stop_server
+from modelsmith.tools import workflows as wf
+
+NEWEST = "1.58.1"
+NEWEST_ROOT = ROOT / ".cache" / f"frontend-{NEWEST}" / "comfyui_frontend_package" / "static"
+
+pytestmark = [
+    pytest.mark.skipif(browser.CHROMIUM is None, reason=browser.SKIP_REASON),
+    pytest.mark.skipif(comfy_version() < (0, 33), reason="the frontend matrix runs on ComfyUI 0.33, the main target; "
+                                                        "this runtime's own frontend is covered by test_workflows"),
+]
+
+
+@pytest.fixture(scope="module", params=["pinned", NEWEST])
+def fe_server(request, comfy, tiny_files, tmp_path_factory):
+    from test_workflows import EXPECTED_FILES
+    import tiny_anima
+    if request.param == NEWEST and not (NEWEST_ROOT / "index.html").exists():
+        pytest.fail(f"frontend {NEWEST} is not installed at {NEWEST_ROOT} (make setup installs it)")
+    d = tmp_path_factory.mktemp("fe_models")
+    for sub in ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras", "embeddings"):
+        (d / sub).mkdir()
+    anima = tiny_anima.save(d, blocks=2)
+    for rel, (kind, key) in EXPECTED_FILES.items():
+        dst = d / rel
+        if not dst.exists():
+            shutil.copy(tiny_files[key] if kind == "tiny" else anima[key], dst)
+    extra = ["--front-end-root", str(NEWEST_ROOT)] if request.param == NEWEST else []
+    srv = start_server(d, tmp_path_factory.mktemp("fe_out"), tmp_path_factory.mktemp("fe_log") / "comfyui.log",
+                       extra_args=extra)
+    srv.frontend = request.param
+    yield srv
+    stop_server(srv)
+
+
+def _set(url, setting, value):
+    req = urllib.request.Request(f"{url}/settings/{setting}", data=json.dumps(value).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
+    urllib.request.urlopen(req, timeout=30).read()
+
+
+def _pack_category(srv) -> str:
+    """The name the template browser lists the pack's templates under (its folder in custom_nodes)."""
+    listed = srv.get("/workflow_templates")
+    return next(k for k, v in listed.items() if set(wf.TITLES.values()) <= set(v))
+
+
+@pytest.mark.parametrize("renderer", ["classic", "nodes2"])
+def test_extension_on_the_frontend(fe_server, renderer):
+    from test_workflows import _load_in_ui
+    srv = fe_server
+    _set(srv.url, "Comfy.VueNodes.Enabled", renderer == "nodes2")
+    tag = f"{srv.frontend}_{renderer}"
+    with browser.comfy_page(srv.url) as page:
+        version = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ || ''")
+        if srv.frontend == NEWEST:
+            assert version == NEWEST
+        vue = page.evaluate("() => window.app.ui.settings.getSettingValue('Comfy.VueNodes.Enabled')")
+        assert vue is (renderer == "nodes2")
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+
+        # 1. the template browser: every bundled template under the pack's name, with its thumbnail
+        page.evaluate("async () => { await window.app.extensionManager.command.execute('Comfy.BrowseTemplates'); }")
+        category = _pack_category(srv)
+        page.get_by_text(category, exact=True).last.click()
+        titles = sorted(wf.TITLES.values())
+        page.wait_for_function("""(titles) => titles.every(t => [...document.querySelectorAll('img')]
+                                   .some(i => i.alt === t && i.complete && i.naturalWidth > 0))""",
+                               arg=titles, timeout=60000)
+        text = page.inner_text("body")
+        assert all(t in text for t in titles), [t for t in titles if t not in text]
+        browser.shot(page, f"templates_{tag}.png")
+        page.keyboard.press("Escape")
+        page.wait_for_timeout(500)
+
+        # 2. a node's report, readable inside the node after a run
+        info = srv.get("/object_info")
+        api = {"1": {"class_type": "ModelsmithTagNormalize", "inputs": {
+            "text": "masterpiece, newest, year 2023, safe, 1girl, smile", "convention": "pony"}}}
+        _load_in_ui(page, wf.api_to_ui(api, info), "report")
+        page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+        page.wait_for_function("""() => [...document.querySelectorAll('textarea.modelsmith-report')].some(a => {
+                                     const r = a.getBoundingClientRect();
+                                     return a.value.includes('rating_safe') && r.width > 100 && r.height > 20; })""",
+                               timeout=90000)
+        # the report lies inside its node's box on screen
+        inside = page.evaluate("""() => { const a = document.querySelector('textarea.modelsmith-report');
+            const r = a.getBoundingClientRect(); const x = r.left + r.width / 2, y = r.top + r.height / 2;
+            const el = document.elementFromPoint(x, y);
+            return !!el && (el === a || a.contains(el)); }""")
+        assert inside, "the report text area is covered by something else"
+        browser.shot(page, f"report_{tag}.png")
+
+        # 3. a user mistake: the pack's sentence, not a Python error
+        bad = {"1": {"class_type": "ModelsmithCheckpointLoader",
+                     "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors", "prediction": "auto"}},
+               "2": {"class_type": "ModelsmithAnimaPrompt", "inputs": {
+                   "convention": "anima", "quality": "masterpiece", "score": "", "period": "", "rating": "safe",
+                   "count": "1girl", "character": "", "series": "", "artist": "", "general": "", "description": ""}},
+               "3": {"class_type": "ModelsmithSDXLSampler", "inputs": {
+                   "model": ["1", 0], "positive": ["2", 2], "negative": ["2", 3], "prediction": "auto",
+                   "size": "custom", "width": 64, "height": 64, "steps": 1, "cfg": 0.0, "cfg_rescale": "auto",
+                   "rescale_phi": 0.7, "sampler_name": "euler", "scheduler": "normal", "seed": 1, "denoise": 1.0}}}
+        _load_in_ui(page, wf.api_to_ui(bad, info), "error")
+        page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+        shown = ("() => document.body.innerText.includes('no CLIP is connected') || [...document.querySelectorAll("
+                 "'textarea')].some(e => e.value.includes('no CLIP is connected'))")
+        try:
+            page.wait_for_function(f"() => ({shown})() || document.body.innerText.includes('View details')",
+                                   timeout=60000)
+            if not page.evaluate(shown):
+                page.get_by_text("View details").first.click()
+            page.wait_for_function(shown, timeout=30000)
+        finally:
+            browser.shot(page, f"error_{tag}.png")
+        body = page.inner_text("body")
+        assert "NoneType" not in body and "is not subscriptable" not in body
+        page.keyboard.press("Escape")
+
+        # 4. the Model Doctor sidebar tab
+        page.locator(".side-bar-button", has_text="Model Doctor").first.click()
+        page.wait_for_selector(".modelsmith-doctor tr.modelsmith-doctor-row", timeout=60000)
+        ids = page.evaluate("() => [...document.querySelectorAll('.modelsmith-doctor tr.modelsmith-doctor-row')]"
+                            ".map(r => r.dataset.id)")
+        assert "diffusion_models/anima-base-v1.0.safetensors" in ids and "vae/qwen_image_vae.safetensors" in ids
+        browser.shot(page, f"doctor_{tag}.png")
+        assert not [e for e in errors if "modelsmith" in e.lower()], errors
+
+        # the extension adds nothing to the page outside the frontend's own containers and no globals
+        stray = page.evaluate("""() => ({
+            body: [...document.body.children].filter(e => /modelsmith/i.test(e.id + ' ' + e.className)).length,
+            globals: Object.keys(window).filter(k => /modelsmith/i.test(k)) })""")
+        assert stray == {"body": 0, "globals": []}, stray
