@@ -24,7 +24,7 @@ import sys
 class _DevOnly:
     def find_spec(self, name, path=None, target=None):
         if name in {DEV_ONLY!r}:  # top-level names: a package already loaded keeps its submodules
-            raise ImportError("not installed for users: " + name)
+            raise ModuleNotFoundError("No module named " + repr(name), name=name)
         return None
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
 sys.meta_path.insert(0, _DevOnly())
