@@ -18,16 +18,29 @@ from modelsmith.tools import workflows as wf
 FOLDER = "ComfyUI-Modelsmith"
 # what the pack's developer environment adds to ComfyUI's own requirements (requirements-dev.txt),
 # and the pack's own editable install: none of it may be needed by the installed pack
-DEV_ONLY = ("modelsmith", "pytest", "hypothesis", "playwright", "bitsandbytes", "websocket", "_pytest")
-BLOCK = f"""
-import sys
-class _DevOnly:
+DEV_ONLY = ("pytest", "_pytest", "hypothesis", "playwright", "bitsandbytes", "websocket")
+
+
+def _user_python(dump: str) -> str:
+    """Code run before ComfyUI's main.py or the CLI: the pack's editable install is gone (`import
+    modelsmith` finds nothing, as in a user's ComfyUI), and a thread writes which developer-only
+    packages were ever imported to `dump` (they may sit in this environment, but the pack must not use them)."""
+    return f"""
+import sys, threading, time, json
+class _NotInstalled:
     def find_spec(self, name, path=None, target=None):
-        if name in {DEV_ONLY!r}:  # top-level names: a package already loaded keeps its submodules
-            raise ModuleNotFoundError("No module named " + repr(name), name=name)
+        if name == "modelsmith":
+            raise ModuleNotFoundError("No module named 'modelsmith'", name=name)
         return None
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
-sys.meta_path.insert(0, _DevOnly())
+sys.meta_path.insert(0, _NotInstalled())
+def _watch():
+    while True:
+        used = sorted(m for m in list(sys.modules) if m.split(".")[0] in {DEV_ONLY!r})
+        with open({dump!r}, "w") as f:
+            json.dump(used, f)
+        time.sleep(0.5)
+threading.Thread(target=_watch, daemon=True).start()
 """
 
 
@@ -47,7 +60,8 @@ def test_a_clone_under_any_folder_name_loads_with_only_comfyui_s_requirements(cl
     log = tmp_path / "comfyui.log"
     argv = ["main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(clone),
             "--disable-auto-launch"]
-    code = BLOCK + f"sys.argv = {argv!r}\nimport runpy\nrunpy.run_path('main.py', run_name='__main__')\n"
+    dump = tmp_path / "dev_modules.json"
+    code = _user_python(str(dump)) + f"sys.argv = {argv!r}\nimport runpy\nrunpy.run_path('main.py', run_name='__main__')\n"
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, "-c", code], cwd=comfy_path(), stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -78,6 +92,8 @@ def test_a_clone_under_any_folder_name_loads_with_only_comfyui_s_requirements(cl
         hist = srv.queue_and_wait({"1": {"class_type": "ModelsmithTagNormalize", "inputs": {
             "text": "masterpiece, safe, 1girl", "convention": "pony"}}}, timeout=120)
         assert "score_9" in json.dumps(hist["outputs"])
+        time.sleep(1.5)
+        assert json.loads(dump.read_text()) == [], "the installed pack imported developer-only packages"
     finally:
         proc.terminate()
         try:
@@ -94,11 +110,12 @@ def test_the_cli_runs_from_the_clone_folder(clone, tmp_path):
                      "model.diffusion_model.label_emb.0.0.weight": ("F16", (1280, 2816)),
                      "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight": ("F16", (640, 2048))})
     pack = clone / "custom_nodes" / FOLDER
-    code = BLOCK + (f"sys.argv = ['modelsmith', 'inspect', {str(f)!r}, '--json']\n"
+    code = _user_python(str(tmp_path / "dev.json")) + (f"sys.argv = ['modelsmith', 'inspect', {str(f)!r}, '--json']\n"
                     f"import runpy\nrunpy.run_path({str(pack)!r}, run_name='__main__')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["family"] == "sdxl"
+    assert json.loads((tmp_path / "dev.json").read_text()) == []
     # the same, spelled as a user types it
     r = subprocess.run([sys.executable, str(pack), "inspect", str(f)], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "sdxl" in r.stdout, r.stderr
