@@ -125,6 +125,17 @@ for rt in $RUNTIMES; do
   echo "[setup] ready: runtime $rt, ComfyUI $COMFY, venv $VENV"
 done
 
+# The newest frontend on PyPI, for the browser tests on 0.33 (served with --front-end-root; never
+# installed into an environment, so each runtime keeps the frontend its requirements pin)
+NEWEST_FRONTEND=1.58.1
+if [[ " $RUNTIMES " == *" 0.33 "* ]] && [ ! -f "$CACHE/frontend-$NEWEST_FRONTEND/comfyui_frontend_package/static/index.html" ]; then
+  runtime_dirs 0.33
+  echo "[setup] unpacking comfyui-frontend-package==$NEWEST_FRONTEND into .cache/ for the browser tests"
+  rm -rf "$CACHE/frontend-$NEWEST_FRONTEND"
+  "$VENV/bin/python" -m pip install -q --no-deps --target "$CACHE/frontend-$NEWEST_FRONTEND" \
+    "comfyui-frontend-package==$NEWEST_FRONTEND"
+fi
+
 # Debian's Chromium for the browser test (headless; the test drives it with Playwright).
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   echo "[setup] installing Debian chromium for the browser test"

@@ -26,7 +26,7 @@ def _user_python(dump: str) -> str:
     modelsmith` finds nothing, as in a user's ComfyUI), and a thread writes which developer-only
     packages were ever imported to `dump` (they may sit in this environment, but the pack must not use them)."""
     return f"""
-import sys, threading, time, json
+import atexit, sys, threading, time, json
 class _NotInstalled:
     def find_spec(self, name, path=None, target=None):
         if name == "modelsmith":
@@ -34,12 +34,15 @@ class _NotInstalled:
         return None
 sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in repr(f).lower()]
 sys.meta_path.insert(0, _NotInstalled())
+def _dump():
+    used = sorted(m for m in list(sys.modules) if m.split(".")[0] in {DEV_ONLY!r})
+    with open({dump!r}, "w") as f:
+        json.dump(used, f)
 def _watch():
     while True:
-        used = sorted(m for m in list(sys.modules) if m.split(".")[0] in {DEV_ONLY!r})
-        with open({dump!r}, "w") as f:
-            json.dump(used, f)
+        _dump()
         time.sleep(0.5)
+atexit.register(_dump)
 threading.Thread(target=_watch, daemon=True).start()
 """
 
