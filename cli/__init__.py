@@ -43,3 +43,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("modelsmith: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`| head`): not an error of ours
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0

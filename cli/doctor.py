@@ -41,10 +41,10 @@ def cmd_doctor(args) -> int:
         if fid not in by_id:
             common.raise_error(f"no file {fid!r} in this scan; ids look like checkpoints/name.safetensors")
         res = doctor.apply_fix(by_id[fid], action, replace=args.replace, progress=common.progress(action))
-        print(f"{action}: wrote {res['output']}")
+        print(f"{action}: wrote {res['output']}" + (f" ({res['note']})" if res.get("note") else ""))
         return 0
     if args.json:
-        print(json.dumps([{k: v for k, v in e.items() if k != "path"} for e in entries], indent=2))
+        print(json.dumps([{k: v for k, v in e.items() if k not in ("path", "root")} for e in entries], indent=2))
         return 0
     for e in entries:
         s = e.get("summary") or {}

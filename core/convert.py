@@ -27,20 +27,32 @@ def ema_key(key: str) -> str:
 
 
 class _PickleSource:
+    """A pickle's tensors, converted to safetensors in the limited child (core/pickle_child.py) and
+    streamed from there: nothing is unpickled in this process."""
+
     def __init__(self, path):
-        from .pickle_guard import load_state_dict
-        from .stream import st_dtype
-        self.sd = load_state_dict(path)
-        self.table = {k: (st_dtype(v.dtype), tuple(v.shape)) for k, v in self.sd.items()}
+        from .pickle_child import converted
+        from .stream import Reader
+        self.tmp = converted(path)
+        st = self.tmp.__enter__()
+        try:
+            self.r = Reader(st)
+        except BaseException:
+            self.tmp.__exit__(None, None, None)
+            raise
+        self.table = {k: (t.dtype, t.shape) for k, t in self.r.header.tensors.items()}
 
     def keys(self):
         return self.table.keys()
 
     def get(self, k):
-        return self.sd[k]
+        return self.r.get(k)
 
     def close(self):
-        self.sd = None
+        if self.r is not None:
+            self.r.close()
+            self.r = None
+            self.tmp.__exit__(None, None, None)
 
 
 class _SafetensorsSource:

@@ -30,8 +30,8 @@ KINDS = ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras")
 # ComfyUI's legacy folder names that hold the same kinds
 ALIASES = {"unet": "diffusion_models", "clip": "text_encoders"}
 MODEL_EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
-CACHE_VERSION = 3
-_SUMMARY_KEYS = ("family", "variant", "layout", "precision", "quantization", "prediction", "ztsnr", "ema", "params",
+CACHE_VERSION = 4
+_SUMMARY_KEYS = ("not_opened", "family", "variant", "layout", "precision", "quantization", "prediction", "ztsnr", "ema", "params",
                  "kind", "components", "warnings", "modelspec", "lora")
 _DETAIL_KEYS = ("blocks", "width", "adapter_blocks", "text_encoder", "core_adapter_fits", "comfyui_loads_whole_since",
                 "extra_modules")
@@ -136,7 +136,8 @@ def scan(folders: dict, cache: Cache | None = None, runtime=None) -> list[dict]:
             if not os.path.isdir(root):
                 continue
             for rel, path, lst in _walk(root):
-                entry = {"id": file_id(kind, rel), "kind": kind, "name": rel, "path": path, "size": lst.st_size}
+                entry = {"id": file_id(kind, rel), "kind": kind, "name": rel, "path": path, "root": root,
+                         "size": lst.st_size}
                 if stat.S_ISLNK(lst.st_mode):
                     if not _inside(path, roots_real):
                         entry.update(status="refused", outside=True,
@@ -150,12 +151,13 @@ def scan(folders: dict, cache: Cache | None = None, runtime=None) -> list[dict]:
                     entries.append(entry)
                     continue
                 entry["size"] = st.st_size
+                entry["identity"] = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
                 hit = cache.get(path, st)
                 if hit and "summary" in hit:
                     summary, err = hit["summary"], hit.get("error")
                 else:
-                    try:
-                        summary, err = _summary(inspect_file(path)), None
+                    try:  # a pickle is listed from the static pre-scan only: a scan never unpickles
+                        summary, err = _summary(inspect_file(path, open_pickles=False)), None
                     except ModelsmithError as e:
                         summary, err = None, str(e).replace(path + ": ", "")
                     except (OSError, ValueError, RuntimeError) as e:
@@ -201,8 +203,8 @@ def problems(entry: dict, ctx: dict) -> list[dict]:
     if not s:
         return out
     if s.get("format") == "pickle":
-        out.append(_p("pickle", "a pickle checkpoint: other tools may run code hidden in it; the allowlist reads "
-                      "this one, so it converts safely to safetensors", "convert"))
+        out.append(_p("pickle", "a pickle checkpoint (not opened: a scan never unpickles): other tools may run code "
+                      "hidden in it; convert reads it in a limited child process and writes safetensors", "convert"))
     has_denoiser = (s.get("components") or {}).get("denoiser")
     spec = s.get("modelspec") or {}
     pred = s.get("prediction")
@@ -260,9 +262,17 @@ def _lora_fits(lora, model) -> bool:
 
 def sha256_file(path: str, progress=None, chunk=8 << 20) -> str:
     h = hashlib.sha256()
-    total = os.path.getsize(path)
+    # opened without blocking and checked before a byte is read: a FIFO or device is refused at once
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOFOLLOW", 0))
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise ModelsmithError(f"{os.path.basename(path)}: not a regular file (a pipe, socket or device); not hashed")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    total = st.st_size
     done = 0
-    with open(path, "rb") as f:
+    with os.fdopen(fd, "rb") as f:
         while True:
             b = f.read(chunk)
             if not b:
@@ -308,15 +318,68 @@ def fix_output(path: str, action: str) -> str:
 def apply_fix(entry: dict, action: str, *, replace: bool = False, progress=None) -> dict:
     """Run one fix on a scanned file. `replace`: the result takes the original's place (the original is
     removed only after the new file is complete). Returns {"output", "action"}."""
-    from .convert import run_convert
     if action not in FIXES:
         raise ModelsmithError(f"unknown fix {action!r}; fixes are {', '.join(FIXES)}")
     offered = {p.get("fix") for p in entry.get("problems", [])}
+    if (entry.get("summary") or {}).get("not_opened"):  # a pickle a scan did not open: every rewrite reads it
+        offered |= {"convert", "prune", "fp16"}            # in the limited child; what it holds decides there
     if action not in offered:
         raise ModelsmithError(f"{entry['name']}: '{action}' does not apply to this file (its problems offer "
                               f"{', '.join(sorted(x for x in offered if x)) or 'no fix'})")
     src = entry["path"]
     out = fix_output(src, action)
+    fd = _open_as_scanned(entry)
+    try:
+        return _apply_fix(entry, action, src, out, _fd_path(fd, src), replace, progress)
+    finally:
+        os.close(fd)
+
+
+def _same(entry, st) -> bool:
+    ident = entry.get("identity")
+    return ident is not None and [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns] == list(ident)
+
+
+def _open_as_scanned(entry) -> int:
+    """The scanned file, opened now: refused when a link is anywhere in its path below its model
+    folder, when it left the folder, or when it is not the very file the scan saw (device, inode,
+    size, modification time). What is read afterwards is read through this descriptor."""
+    path, root = entry["path"], entry.get("root")
+    name = entry["name"]
+    if root is None or not _inside(path, [os.path.realpath(root)]):
+        raise ModelsmithError(f"{name}: not inside its model folder any more; rescan")
+    rel = os.path.relpath(path, root)
+    cur = root
+    for part in rel.split(os.sep):
+        cur = os.path.join(cur, part)
+        try:
+            if stat.S_ISLNK(os.lstat(cur).st_mode):
+                raise ModelsmithError(f"{name}: a link is in its path ({os.path.relpath(cur, root)}); fixes only "
+                                      f"touch plain files inside the model folders")
+        except FileNotFoundError:
+            raise ModelsmithError(f"{name}: gone since the scan; rescan") from None
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError as e:
+        raise ModelsmithError(f"{name}: cannot open it ({e.strerror}); rescan") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or not _same(entry, st):
+        os.close(fd)
+        raise ModelsmithError(f"{name}: changed since the scan (another file now has its name, or it was "
+                              f"modified); nothing was read or written. Rescan and try again.")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return fd
+
+
+def _fd_path(fd: int, path: str) -> str:
+    """A path that opens exactly this descriptor's file (Linux: /proc/PID/fd/N), else the path."""
+    p = f"/proc/{os.getpid()}/fd/{fd}"
+    return p if os.path.exists(p) else path
+
+
+def _apply_fix(entry, action, src, out, read_path, replace, progress):
+    from .convert import run_convert
     if action == "rename":
         if os.path.basename(out) == os.path.basename(src):
             raise ModelsmithError(f"{entry['name']}: the name is already safe")
@@ -329,20 +392,43 @@ def apply_fix(entry: dict, action: str, *, replace: bool = False, progress=None)
     if replace:  # written under a name of its own first; the original goes only once the result is complete
         out = os.path.splitext(out)[0] + f".modelsmith-{int(time.time())}.safetensors"
     if action == "convert":
-        run_convert(src, out, dtype=None, ema="keep", progress=progress)
+        run_convert(read_path, out, dtype=None, ema="keep", progress=progress)
     elif action == "prune":
-        run_convert(src, out, dtype=None, ema="drop", progress=progress)
+        run_convert(read_path, out, dtype=None, ema="drop", progress=progress)
     elif action == "fp16":
-        run_convert(src, out, dtype="fp16", ema="keep", progress=progress)
+        run_convert(read_path, out, dtype="fp16", ema="keep", progress=progress)
     elif action == "markers":
-        add_vpred_markers(src, out, ztsnr=False, progress=progress)
+        add_vpred_markers(read_path, out, ztsnr=False, progress=progress)
     if replace:
-        final = src if src.endswith(".safetensors") else os.path.splitext(src)[0] + ".safetensors"
-        os.replace(out, final)
-        if final != src:
-            os.unlink(src)
-        out = final
+        return _take_the_place(entry, src, out, action)
     return {"output": out, "action": action}
+
+
+def _take_the_place(entry, src, out, action) -> dict:
+    """The finished result takes the original's place, losing nothing: another file of the target
+    name is never replaced, and an original that changed while the fix ran (a newer file of the same
+    name) is kept, the result staying under its own name."""
+    final = src if src.endswith(".safetensors") else os.path.splitext(src)[0] + ".safetensors"
+    try:
+        unchanged = _same(entry, os.lstat(src))
+    except FileNotFoundError:
+        unchanged = False
+    if not unchanged:
+        return {"output": out, "action": action, "kept": src,
+                "note": f"{os.path.basename(src)} changed while the fix ran; the newer file was kept and the "
+                        f"result is {os.path.basename(out)}"}
+    if final == src:
+        os.replace(out, final)
+    else:
+        try:
+            os.link(out, final)  # never clobbers: fails when the target name exists
+        except FileExistsError:
+            return {"output": out, "action": action, "kept": final,
+                    "note": f"{os.path.basename(final)} exists already and was not replaced; the result is "
+                            f"{os.path.basename(out)} and {os.path.basename(src)} was kept"}
+        os.unlink(out)
+        os.unlink(src)
+    return {"output": final, "action": action}
 
 
 def add_vpred_markers(src: str, out: str, *, ztsnr: bool = False, progress=None) -> str:

@@ -25,13 +25,26 @@ def check_regular_file(path: str) -> os.stat_result:
     return st
 
 
+def _ascii_part(text: str) -> str:
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    text = re.sub(r"\s+", "_", text)
+    return re.sub(r"[^A-Za-z0-9._+-]", "", text).strip("._")
+
+
 def safe_filename(name: str) -> str:
-    """ASCII, no spaces, no path parts: the seed guide's advice for distributed model files."""
+    """ASCII, no spaces, no path parts: the seed guide's advice for distributed model files. The
+    extension is kept, and a name with nothing ASCII left (`日本.safetensors`) becomes `model-<8 hex
+    digits of the original name>` plus its extension, so distinct names stay distinct and never empty."""
+    import hashlib
     name = os.path.basename(name.replace("\\", "/"))
-    name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode()
-    name = re.sub(r"\s+", "_", name)
-    name = re.sub(r"[^A-Za-z0-9._+-]", "", name).lstrip(".")
-    return name or "model.safetensors"
+    stem, ext = os.path.splitext(name)
+    if not stem and ext:  # ".safetensors" alone: a name that is only an extension
+        stem, ext = ext, ""
+    ext = "." + _ascii_part(ext) if _ascii_part(ext) else ""
+    clean = _ascii_part(stem)
+    if not clean:
+        clean = "model-" + hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return clean + ext
 
 
 # ----------------------------------------------------------------------------------------------

@@ -313,14 +313,34 @@ def _warn_anima(d: dict, w: list) -> None:
                  " (Modelsmith's loader does not know them and refuses the file rather than drop them).")
 
 
-def inspect_file(path: str | os.PathLike) -> dict:
+def pickle_not_opened(path: str) -> dict:
+    """The report of a pickle checkpoint a folder scan lists without unpickling it: the static
+    pre-scan (opcodes walked, nothing executed, bounded) and the file's size; what the tensors are is
+    known only once the file alone is inspected (in the limited child) or converted."""
+    from .pickle_scan import prescan
+    if os.path.getsize(path) == 0:
+        raise ModelsmithError(f"{path}: empty file (0 bytes); the download or copy did not finish")
+    prescan(path)  # refuses a malicious or bomb-shaped file with a sentence; executes nothing
+    return {"family": "unknown", "variant": None, "layout": None, "kind": "pickle", "components": {},
+            "precision": None, "prediction": None, "ztsnr": False, "ema": False, "params": 0,
+            "recommended": dict(fam.RECOMMENDED["unknown"]), "not_opened": True,
+            "warnings": ["A pickle checkpoint, not opened: a folder scan never unpickles. Inspect this file alone "
+                         "(read in a limited child process) or convert it to safetensors."],
+            "file": {"path": path, "format": "pickle", "size": os.path.getsize(path)}}
+
+
+def inspect_file(path: str | os.PathLike, *, open_pickles: bool = True) -> dict:
+    """The inspection report of one file. A pickle is read in a limited child process
+    (core/pickle_child.py), never here; with `open_pickles=False` (folder scans) it is not read at all."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ModelsmithError(f"{path}: is a folder; use inspect_dir")
     check_regular_file(path)
     if file_format(path) == "pickle":
-        from .pickle_guard import load_state_dict_table
-        tensors, probe = load_state_dict_table(path, probe_names=tuple(fam.SD2_V_PROBE.values()))
+        if not open_pickles:
+            return pickle_not_opened(path)
+        from .pickle_child import pickle_table
+        tensors, probe = pickle_table(path, probe_names=tuple(fam.SD2_V_PROBE.values()))
         report = inspect_tensors(tensors, {}, source="pickle", values=probe.get)
         report["file"] = {"path": path, "format": "pickle", "size": os.path.getsize(path)}
         return report
@@ -343,7 +363,7 @@ def inspect_dir(root: str | os.PathLike):
             if fn.lower().endswith(MODEL_EXTS):
                 p = os.path.join(dirpath, fn)
                 try:
-                    yield p, inspect_file(p)
+                    yield p, inspect_file(p, open_pickles=False)
                 except ModelsmithError as e:
                     yield p, str(e)
                 except (OSError, ValueError, RuntimeError, MemoryError) as e:  # one bad file never stops the scan

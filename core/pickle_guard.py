@@ -185,10 +185,8 @@ def guarded_load(path: str | os.PathLike, *, mmap: bool | None = None):
     path = os.fspath(path)
     if check_regular_file(path).st_size == 0:
         raise ModelsmithError(f"{path}: empty file (0 bytes); the download or copy did not finish")
-    try:
-        is_zip = zipfile.is_zipfile(path)
-    except zipfile.BadZipFile:  # e.g. a damaged end record claiming a multi-disk archive
-        is_zip = False
+    from .pickle_scan import torch_reads_as_zip
+    is_zip = torch_reads_as_zip(path)  # as torch decides it (magic at offset 0)
     if mmap is None:
         mmap = is_zip
     from .pickle_scan import prescan

@@ -246,15 +246,18 @@ def scan_pickle(data: bytes | io.BufferedIOBase, path: str, budget: int) -> list
     return storages
 
 
+def torch_reads_as_zip(path: str) -> bool:
+    """Whether torch.load takes this file as a zip checkpoint: as torch decides it, by the local
+    header magic at offset 0 (a zip appended to a legacy stream is read as the legacy stream)."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
 def prescan(path: str) -> None:
     """Refuse, before torch reads anything, a checkpoint pickle whose loading is not bounded by the
     bytes in the file (see the module docstring)."""
     size = os.path.getsize(path)
-    try:
-        is_zip = zipfile.is_zipfile(path)
-    except (zipfile.BadZipFile, OSError):
-        is_zip = False
-    if is_zip:
+    if torch_reads_as_zip(path):
         _prescan_zip(path, size)
     else:
         _prescan_legacy(path, size)
@@ -264,6 +267,11 @@ def _prescan_zip(path, size):
     try:
         with zipfile.ZipFile(path) as z:
             infos = z.infolist()
+            lowered = {}
+            for i in infos:  # torch's zip reader finds names regardless of case: one name, one member
+                if lowered.setdefault(i.filename.lower(), i.filename) != i.filename:
+                    _refuse(path, f"two zip members whose names differ only in case ({lowered[i.filename.lower()]!r}"
+                                  f", {i.filename!r}): what is checked would not be what torch reads")
             declared = sum(i.file_size for i in infos)
             if declared > size + MARGIN_BYTES:
                 _refuse(path, f"its zip members declare {declared >> 20} MB unpacked in a {size >> 20} MB file: "
@@ -306,6 +314,7 @@ def _prescan_legacy(path, size):
         for _ in range(3):
             scan_pickle(f, path, budget=MARGIN_BYTES)
         storages = scan_pickle(f, path, budget=size + MARGIN_BYTES)
+        scan_pickle(f, path, budget=MARGIN_BYTES)  # the fifth: the storage keys, which torch unpickles too
         rest = size - f.tell()
     total = sum(s.nbytes for s in {s.key: s for s in storages}.values())
     if total > rest:

@@ -134,16 +134,17 @@ def parse_header_bytes(raw: bytes, data_size: int, path: str = "<bytes>") -> tup
         raise bad(f"the header lists {entries:,} tensors; more than {MAX_ENTRIES:,} is refused (real "
                   f"checkpoints hold a few thousand)")
     try:
-        obj = json.loads(text)
-        if isinstance(obj, dict) and entries != len(obj) - ("__metadata__" in obj):
-            # fewer names than entries: a duplicate name was silently merged; find it exactly
-            json.loads(text, object_pairs_hook=_no_duplicates)
+        # duplicates are decided on the parsed names (two JSON spellings of one name are one name),
+        # never on the text
+        obj = json.loads(text, object_pairs_hook=_no_duplicates)
     except SafetensorsError as e:
         raise bad(str(e)) from None
     except (ValueError, RecursionError) as e:
         raise bad(f"the header is not valid JSON ({str(e)[:80]})") from None
     if not isinstance(obj, dict):
         raise bad("the header is not a JSON object")
+    if len(obj) > MAX_ENTRIES + 1:
+        raise bad(f"the header lists {len(obj):,} tensors; more than {MAX_ENTRIES:,} is refused")
     metadata = obj.pop("__metadata__", None)
     metadata = {} if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):

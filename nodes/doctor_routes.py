@@ -66,7 +66,7 @@ def run_scan() -> list[dict]:
 
 
 def public(e: dict) -> dict:
-    return {k: v for k, v in e.items() if k != "path"}
+    return {k: v for k, v in e.items() if k not in ("path", "root")}
 
 
 def _job(fn) -> str:
@@ -155,7 +155,8 @@ def register() -> bool:
 
             def fn(progress):
                 res = doctor.apply_fix(e, action, replace=bool(body.get("replace")), progress=progress)
-                return {"action": action, "output": os.path.basename(res["output"])}
+                return {"action": action, "output": os.path.basename(res["output"]),
+                        **({"note": res["note"]} if res.get("note") else {})}
             return fn
         return await _post(request, make)
 

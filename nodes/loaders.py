@@ -14,7 +14,7 @@ import folder_paths
 from ..core import inspect as core_inspect
 from ..core.report import format_report
 from ..core.errors import ModelsmithError
-from ..core.pickle_guard import load_state_dict as guarded_state_dict
+from ..core.pickle_child import load_state_dict as guarded_state_dict
 from . import common
 from .sampling_patch import apply_prediction
 

@@ -40,7 +40,7 @@ def model_family(model) -> tuple[str, int | None]:
 
 def read_lora(path: str) -> dict:
     if file_format(path) == "pickle":
-        from ..core.pickle_guard import load_state_dict
+        from ..core.pickle_child import load_state_dict  # unpickled in the limited child, never here
         return load_state_dict(path)
     return comfy.utils.load_torch_file(path, safe_load=True)
 

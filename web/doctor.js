@@ -98,7 +98,7 @@ function render(root) {
               b.className = "modelsmith-doctor-fix";
               b.dataset.fix = p.fix;
               b.onclick = () => runJob("/modelsmith/doctor/fix", { id: f.id, action: p.fix },
-                                      (r) => `${p.fix}: wrote ${r.output}`);
+                                      (r) => `${p.fix}: wrote ${r.output}` + (r.note ? ` (${r.note})` : ""));
               div.append(b);
             }
             td.append(div);
