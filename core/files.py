@@ -171,9 +171,14 @@ def _exists(name: str, dfd: int) -> bool:
 
 def write_new_text(path: str, text: str, overwrite: bool = False) -> str:
     """A small text file (a recipe, a cache) created exclusively and published atomically."""
+    return write_new_bytes(path, text.encode(), overwrite)
+
+
+def write_new_bytes(path: str, data: bytes, overwrite: bool = False) -> str:
+    """A small file (a fetched image) created exclusively and published atomically."""
     f = ExclusiveFile(path, overwrite=overwrite)
     try:
-        f.f.write(text.encode())
+        f.f.write(data)
     except OSError as e:
         f.abort()
         raise _write_error(f.path, e) from None

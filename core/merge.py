@@ -119,6 +119,9 @@ class Recipe:
     @classmethod
     def from_json(cls, text: str, source: str = "recipe") -> "Recipe":
         """A recipe from its JSON; anything else is a clear error naming what is wrong."""
+        from .safetensors_io import MAX_JSON_DEPTH, json_depth
+        if isinstance(text, str) and json_depth(text) > MAX_JSON_DEPTH:
+            raise ModelsmithError(f"{source}: not a Modelsmith recipe (JSON nested deeper than {MAX_JSON_DEPTH} levels)")
         try:
             d = json.loads(text)
         except (ValueError, RecursionError) as e:
@@ -143,6 +146,18 @@ class Recipe:
         return r
 
     def validate(self):
+        import math
+        numbers = {"alpha": self.alpha, "density": self.density, "drop": self.drop,
+                   **{f"block {k}": v for k, v in self.blocks.items()}}
+        bad = [k for k, v in numbers.items() if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            raise ModelsmithError(f"merge: {', '.join(bad)} must be a finite number (NaN or infinity would "
+                                  f"poison every merged weight)")
+        if not 0.0 <= self.drop < 1.0:
+            raise ModelsmithError(f"merge: DARE drop must be at least 0 and below 1 (got {self.drop}: at 1 every "
+                                  f"difference is dropped and the rescale divides by zero)")
+        if not 0.0 < self.density <= 1.0:
+            raise ModelsmithError(f"merge: TIES density must be above 0 and at most 1 (got {self.density})")
         if self.method not in METHODS:
             raise ModelsmithError(f"unknown merge method {self.method!r}; choose one of {', '.join(METHODS)}")
         need = 3 if self.method in NEEDS_C else 2

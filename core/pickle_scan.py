@@ -276,6 +276,10 @@ def _prescan_zip(path, size):
             if declared > size + MARGIN_BYTES:
                 _refuse(path, f"its zip members declare {declared >> 20} MB unpacked in a {size >> 20} MB file: "
                               f"a zip bomb")
+            names = [i.filename for i in infos]
+            if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
+                raise ModelsmithError(f"{os.path.basename(path)}: a TorchScript program (torch.jit.save), not a model "
+                                      f"checkpoint: it carries code and is not loaded. Get the model as .safetensors.")
             pkls = [i for i in infos if i.filename.endswith("data.pkl") and i.filename.count("/") == 1]
             if len(pkls) != 1:
                 raise ModelsmithError(f"{path}: not a readable checkpoint pickle (a zip without exactly one "
@@ -310,6 +314,15 @@ def _prescan_zip(path, size):
 def _prescan_legacy(path, size):
     """torch's legacy format: magic number, protocol, sys info and the main pickle, then the storage
     keys and each storage's raw bytes (8-byte count + data)."""
+    import tarfile
+    try:
+        is_tar = tarfile.is_tarfile(path)
+    except (OSError, tarfile.TarError):
+        is_tar = False
+    if is_tar:
+        raise ModelsmithError(f"{os.path.basename(path)}: a torch tar archive (the format of torch before 0.4, "
+                              f"2017), not a checkpoint the pack reads; convert it with that old torch, or get the "
+                              f"model as .safetensors.")
     with open(path, "rb") as f:
         for _ in range(3):
             scan_pickle(f, path, budget=MARGIN_BYTES)

@@ -9,9 +9,11 @@ layers (0.3.x knows only float8_e4m3fn, so nvfp4 files need a current ComfyUI).
 Sensitive layers stay in high precision by preset (reference.md sections 4 and 5)."""
 from __future__ import annotations
 
+import functools
 import json
 import re
 
+from . import linear_re
 from .errors import ModelsmithError
 
 PRESETS = {
@@ -46,63 +48,30 @@ def preset_for(family: str | None) -> str | None:
 MAX_PATTERN_CHARS = 200
 
 
-def _backtracking_risk(parsed) -> str | None:
-    """Why a parsed pattern could backtrack exponentially: a repeat that holds another repeat or an
-    alternation (`(a+)+`, `(a|aa)*`), or a backreference. None when it runs in polynomial time."""
-    import re._parser as sre  # Python's own regex parser: the pattern is judged as the engine sees it
-    repeats = (sre.MAX_REPEAT, sre.MIN_REPEAT) + ((sre.POSSESSIVE_REPEAT,) if hasattr(sre, "POSSESSIVE_REPEAT") else ())
-
-    def children(op, av):
-        if op in repeats:
-            return [av[2]]
-        if op is sre.SUBPATTERN:
-            return [av[3]]
-        if op is sre.BRANCH:
-            return list(av[1])
-        if op in (sre.ASSERT, sre.ASSERT_NOT):
-            return [av[1]]
-        if op is getattr(sre, "ATOMIC_GROUP", None):
-            return [av]
-        return []
-
-    def walk(sub, inside_repeat):
-        for op, av in sub:
-            if op in (sre.GROUPREF, getattr(sre, "GROUPREF_EXISTS", None)):
-                return "a backreference"
-            if inside_repeat and ((op in repeats and av[1] > 1) or op is sre.BRANCH):
-                return "a repeated group that itself repeats or alternates"
-            for child in children(op, av):
-                why = walk(child, inside_repeat or (op in repeats and av[1] > 1))
-                if why:
-                    return why
-        return None
-
-    return walk(parsed, False)
-
-
 def parse_exclude(text: str) -> list[str]:
     """Comma-separated regular expressions, each checked (a bad one is named, not raised later).
 
-    Patterns run in bounded time: at most 200 characters, and no construct that backtracks
-    exponentially (a request to the server must not freeze it)."""
-    import re._parser as sre
+    Patterns are matched by core/linear_re.py (a Thompson NFA: time linear in the layer name, never
+    backtracking), so no pattern can freeze a request; backreferences and lookarounds, which need
+    backtracking, are refused with a sentence, as are patterns over 200 characters."""
     patterns = [p.strip() for p in (text or "").split(",") if p.strip()]
     for p in patterns:
         if len(p) > MAX_PATTERN_CHARS:
             raise ModelsmithError(f"exclude: a pattern of {len(p)} characters is too long (at most {MAX_PATTERN_CHARS})")
         try:
-            re.compile(p)
-            why = _backtracking_risk(sre.parse(p))
-        except re.error as e:
-            raise ModelsmithError(f"exclude: {p!r} is not a valid regular expression ({e})") from None
-        if why:
-            raise ModelsmithError(f"exclude: {p!r} has {why}, which can take exponential time; write it without "
-                                  f"nesting (e.g. 'attn2\\.to_[kv]' or 'blocks\\.(0|1)\\.')")
+            _compiled(p)
+        except linear_re.PatternError as e:
+            raise ModelsmithError(f"exclude: {p!r}: {e}") from None
     return patterns
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(pattern: str):
+    return linear_re.compile(pattern)
+
+
 def excluded(layer: str, patterns) -> bool:
-    return any(re.search(p, layer) for p in patterns)
+    return any(_compiled(p).search(layer) for p in patterns)
 
 
 def plan(table: dict, fmt: str, patterns, prefix: str = "") -> dict:

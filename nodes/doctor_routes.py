@@ -11,6 +11,7 @@ as refused and never read. Fixes write next to the file, inside its folder.
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 import uuid
@@ -123,9 +124,13 @@ def register() -> bool:
         return web.json_response({"files": [public(e) for e in entries], "fixes": list(doctor.FIXES)})
 
     async def _post(request, make):
+        from ..core.safetensors_io import MAX_JSON_DEPTH, json_depth
+        text = await request.text()  # aiohttp bounds the body size (client_max_size)
+        if len(text) > 65536 or json_depth(text) > MAX_JSON_DEPTH:
+            return web.json_response({"error": "send a small JSON object ({\"id\": ...})"}, status=400)
         try:
-            body = await request.json()
-        except ValueError:
+            body = json.loads(text)
+        except (ValueError, RecursionError):
             return web.json_response({"error": "send a JSON object"}, status=400)
         try:
             e = _entry(body)

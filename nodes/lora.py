@@ -62,9 +62,54 @@ def _rename(key: str, key_map: dict) -> str:
     return key
 
 
+_PAIRS = ((".lora_down.weight", ".lora_up.weight"), (".lora_A.weight", ".lora_B.weight"))
+
+
+def check_values(sd: dict, name: str) -> None:
+    """Alphas must be one finite, non-zero number; a LoRA pair must have a rank (down rows = up columns > 0)."""
+    import math
+    for k, v in sd.items():
+        if k.endswith(".alpha"):
+            if v.numel() != 1:
+                raise ModelsmithError(f"{name}: {k} holds {v.numel()} numbers; an alpha is one number")
+            a = float(v.float().reshape(()))
+            if not math.isfinite(a) or a == 0:
+                raise ModelsmithError(f"{name}: {k} is {a}: an alpha must be a finite, non-zero number")
+        for down_s, up_s in _PAIRS:
+            if k.endswith(down_s):
+                up = sd.get(k[: -len(down_s)] + up_s)
+                rank = v.shape[0] if v.ndim else 0
+                if rank == 0:
+                    raise ModelsmithError(f"{name}: {k[: -len(down_s)]} has rank 0 (no low-rank factor)")
+                if up is not None and (up.ndim < 2 or up.shape[1] != rank):
+                    raise ModelsmithError(f"{name}: {k[: -len(down_s)]}: its factors disagree on the rank "
+                                          f"({tuple(v.shape)} and {tuple(up.shape)})")
+
+
+def dropped_layers(sd: dict, key_map: dict, model) -> list[str]:
+    """The LoRA pairs whose product does not fit the weight they target: ComfyUI's LoRA code skips
+    them ("shape mismatch, weight not merged"), so they are named instead of silently lost."""
+    shapes = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
+    out = []
+    for k, down in sd.items():
+        for down_s, up_s in _PAIRS:
+            if not k.endswith(down_s):
+                continue
+            module = k[: -len(down_s)]
+            up, target = sd.get(module + up_s), key_map.get(module)
+            target = target[0] if isinstance(target, tuple) else target
+            if up is None or target not in shapes:
+                continue
+            w = shapes[target]
+            if len(w) < 2 or (up.shape[0], down.shape[1]) != (w[0], w[1]):
+                out.append(f"{module} ({up.shape[0]}x{down.shape[1]} for a {'x'.join(map(str, w))} weight)")
+    return out
+
+
 def apply_checked_lora(model, path: str, strength: float):
     """(patched clone of `model`, report lines) for the LoRA file at `path`."""
     sd = read_lora(path)
+    check_values(sd, os.path.basename(path))
     info = core_lora.analyse({k: (str(v.dtype), tuple(v.shape)) for k, v in sd.items()},
                              values=lambda n: sd[n].float().flatten().tolist() if sd[n].numel() <= 16 else None)
     name = os.path.basename(path)
@@ -81,6 +126,10 @@ def apply_checked_lora(model, path: str, strength: float):
     unmatched = sum(1 for m in modules if m not in key_map)
     family, blocks = model_family(model)
     warnings = core_lora.fit(info, family, blocks, unmatched, len(modules))
+    dropped = dropped_layers(renamed, key_map, model)
+    if dropped:
+        warnings.append(f"{len(dropped)} layers do not fit this model's weights and ComfyUI drops them: "
+                        + ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""))
     out = model.clone()
     applied = out.add_patches(patches, strength) if patches else []
     lines = [f"{name}: {core_lora.describe(info)}",

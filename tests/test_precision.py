@@ -375,7 +375,7 @@ def test_fp16_node_on_an_anima_whose_residual_outgrows_fp16(comfy):
 def test_bad_exclude_pattern_is_named(models):
     from modelsmith.core.errors import ModelsmithError
     from modelsmith.nodes.precision import ModelsmithModelComputeDtype
-    with pytest.raises(ModelsmithError, match=r"exclude: '\(attn' is not a valid regular expression"):
+    with pytest.raises(ModelsmithError, match=r"exclude: '\(attn': not a valid regular expression"):
         ModelsmithModelComputeDtype().apply(models["sdxl"][0], "fp8_e4m3fn", exclude="norm, (attn")
 
 
@@ -467,14 +467,16 @@ def test_compute_dtypes_match_core_model_compute_dtype_where_core_has_it(models,
     assert "core Model Compute Dtype" in report
 
 
-def test_exclude_patterns_that_backtrack_are_refused_in_bounded_time(models):
+def test_exclude_patterns_run_in_linear_time_and_what_needs_backtracking_is_refused(models):
     import time
     from modelsmith.core.errors import ModelsmithError
     from modelsmith.nodes.precision import ModelsmithModelComputeDtype
     t = time.perf_counter()
-    for bad in (r"(a+)+$", r"(attn|attn2)+\.x", r"(.)\1", "a" * 201):
-        with pytest.raises(ModelsmithError, match="exponential|too long"):
+    for bad in (r"(.)\1", r"attn(?=2)", "a" * 201):
+        with pytest.raises(ModelsmithError, match="backtracking|too long"):
             ModelsmithModelComputeDtype().apply(models["sdxl"][0], "fp8_e4m3fn", exclude=bad)
-    assert time.perf_counter() - t < 10
+    for heavy in (r"(a+)+$", r"(attn|attn2)+\.x", r".*.*.*.*.*.*.*.*.*.*.*.*!"):  # froze re; linear here
+        ModelsmithModelComputeDtype().apply(models["sdxl"][0], "fp8_e4m3fn", exclude=heavy)
+    assert time.perf_counter() - t < 30
     m, report = ModelsmithModelComputeDtype().apply(models["sdxl"][0], "fp8_e4m3fn", exclude=r"attn2\.to_[kv], blocks\.(0|1)\.")["result"]
     assert "exclude" in report

@@ -108,7 +108,7 @@ def test_recipe_replay_writes_only_where_told_and_broken_recipes_are_named(two_m
     for text, why in (("{not json", "broken JSON"), ("[1, 2]", "expected a JSON object"),
                       ('{"method": "weighted_sum", "inputs": [], "evil": 1}', "unknown recipe fields evil"),
                       ('{"method": "weighted_sum", "inputs": "a b", "alpha": 0.5}', "wrong type"),
-                      ('{"method": "weighted_sum"}', "incomplete recipe"), ("[" * 100000, "broken JSON")):
+                      ('{"method": "weighted_sum"}', "incomplete recipe"), ("[" * 100000, "nested deeper")):
         bad = tmp_path / "bad.recipe.json"
         bad.write_text(text)
         r = _cli("merge", "--recipe", bad, tmp_path / "c.safetensors")

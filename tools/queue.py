@@ -93,6 +93,30 @@ def queue(api: dict, server=DEFAULT_SERVER, out_dir=None, timeout=3600, progress
     raise ModelsmithError(f"prompt {pid} did not finish in {timeout}s")
 
 
+def _save_fetched(out_dir: str, name, data: bytes) -> str:
+    """A fetched output written through the pack's writer: the server's file name must be a plain
+    name (a string, not empty, not `.`/`..`, no folder part); an existing file is never replaced (the
+    copy is numbered) and no link is followed."""
+    from ..core.files import write_new_bytes
+    if not isinstance(name, str) or not name or name in (".", "..") or "\0" in name \
+            or os.path.basename(name.replace("\\", "/")) != name:
+        raise ModelsmithError(f"the server named an output {str(name)[:80]!r}, which is not a plain file name; "
+                              f"not written")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise ModelsmithError(f"cannot create the output folder {out_dir} ({e.strerror})") from None
+    stem, ext = os.path.splitext(name)
+    for i in range(1000):
+        path = os.path.join(out_dir, name if i == 0 else f"{stem}-{i}{ext}")
+        try:
+            return write_new_bytes(path, data)
+        except ModelsmithError as e:
+            if "exists" not in str(e) and "appeared while writing" not in str(e):
+                raise
+    raise ModelsmithError(f"{out_dir}: 1000 files named like {name} exist already; not written")
+
+
 def _collect(entry, server, out_dir):
     saved = []
     for nid, out in entry.get("outputs", {}).items():
@@ -102,9 +126,5 @@ def _collect(entry, server, out_dir):
                                             "type": img.get("type", "output")})
                 with urllib.request.urlopen(f"{server}/view?{q}", timeout=60) as r:
                     data = r.read()
-                os.makedirs(out_dir, exist_ok=True)
-                path = os.path.join(out_dir, os.path.basename(img["filename"]))
-                with open(path, "wb") as f:
-                    f.write(data)
-                saved.append(path)
+                saved.append(_save_fetched(out_dir, img.get("filename"), data))
     return {"outputs": entry.get("outputs", {}), "saved": saved}
