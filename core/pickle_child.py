@@ -65,7 +65,8 @@ def _sentence(path: str, size: int, lim: dict, rc: int, err: str) -> str:
     last = next((line for line in reversed(err.strip().splitlines()) if line.strip()), "")
     if last.startswith("MODELSMITH-REFUSED: "):
         return last[len("MODELSMITH-REFUSED: "):]
-    if rc in (-9, -24) or "Cannot allocate memory" in err or "MemoryError" in err or "std::bad_alloc" in err:
+    if rc in (-9, -24) or any(s in err for s in ("Cannot allocate memory", "MemoryError", "std::bad_alloc",
+                                                  "failed to map segment", "out of memory")):
         if rc == -24:
             return (f"{name}: refused: loading it needs more than {lim['cpu']} s of CPU for a {mb:.1f} MB file "
                     f"(stopped); the file is not a plain checkpoint")

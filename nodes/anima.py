@@ -6,7 +6,6 @@ import os
 import comfy.model_management
 import comfy.samplers
 import comfy.sd
-import comfy.utils
 import folder_paths
 import nodes as comfy_nodes  # ComfyUI's own nodes.py (common_ksampler)
 import torch
@@ -111,13 +110,13 @@ class ModelsmithAnimaLoader:
         vae_path = folder_paths.get_full_path_or_raise("vae", vae)
         report = _check_dit(dm_path)
         _check_dit_whole(report, dm_path)
-        te_sd = comfy.utils.load_torch_file(te_path, safe_load=True)
+        te_sd = common.read_state_dict(te_path)
         _check_pair(te_sd, te_path, report, dm_path)
         _check_te(te_sd, te_path)
-        vae_sd = comfy.utils.load_torch_file(vae_path, safe_load=True)
+        vae_sd = common.read_state_dict(vae_path)
         _check_vae(vae_sd, vae_path)
         emb = folder_paths.get_folder_paths("embeddings")
-        sd, metadata = comfy.utils.load_torch_file(dm_path, safe_load=True, return_metadata=True)
+        sd, metadata = common.read_state_dict(dm_path, with_metadata=True)
         config = compat.anima_config(sd, metadata)
         te_hidden = te_sd["model.embed_tokens.weight"].shape[1] if "model.embed_tokens.weight" in te_sd else None
         if te_hidden is not None and te_hidden != config["adapter"]["source_dim"]:

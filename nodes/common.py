@@ -11,6 +11,18 @@ SETTINGS = "MODELSMITH_SETTINGS"
 MODEL_FOLDERS = ("checkpoints", "diffusion_models")
 
 
+def read_state_dict(path: str, with_metadata: bool = False):
+    """A model file's tensors for running it: safetensors through ComfyUI's own reader, a pickle only
+    through the pack's limited child process (the server never unpickles a file itself)."""
+    import comfy.utils
+    from ..core.safetensors_io import file_format
+    if file_format(path) == "pickle":
+        from ..core.pickle_child import load_state_dict
+        sd = load_state_dict(path)
+        return (sd, None) if with_metadata else sd
+    return comfy.utils.load_torch_file(path, safe_load=True, return_metadata=with_metadata)
+
+
 def folder_exists(name: str) -> bool:
     return name in folder_paths.folder_names_and_paths
 

@@ -8,13 +8,11 @@ import torch
 
 import comfy.model_detection
 import comfy.sd
-import comfy.utils
 import folder_paths
 
 from ..core import inspect as core_inspect
 from ..core.report import format_report
 from ..core.errors import ModelsmithError
-from ..core.pickle_child import load_state_dict as guarded_state_dict
 from . import common
 from .sampling_patch import apply_prediction
 
@@ -60,11 +58,7 @@ def load_checkpoint_file(path: str, report: dict | None = None):
     if report.get("quantization"):
         from ..compat.quantized import check_core_reads
         check_core_reads(report["quantization"], os.path.basename(path))
-    if report["file"]["format"] == "pickle":
-        sd = guarded_state_dict(path)
-        metadata = None
-    else:
-        sd, metadata = comfy.utils.load_torch_file(path, safe_load=True, return_metadata=True)
+    sd, metadata = common.read_state_dict(path, with_metadata=True)
     emb = folder_paths.get_folder_paths("embeddings")
     prefix = comfy.model_detection.unet_prefix_from_state_dict(sd)
     if comfy.model_detection.model_config_from_unet(sd, prefix, metadata=metadata) is not None:

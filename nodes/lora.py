@@ -12,12 +12,10 @@ import logging
 import os
 
 import comfy.lora
-import comfy.utils
 import folder_paths
 
 from ..core import lora as core_lora
 from ..core.errors import ModelsmithError
-from ..core.safetensors_io import file_format
 
 log = logging.getLogger("modelsmith")
 
@@ -39,10 +37,8 @@ def model_family(model) -> tuple[str, int | None]:
 
 
 def read_lora(path: str) -> dict:
-    if file_format(path) == "pickle":
-        from ..core.pickle_child import load_state_dict  # unpickled in the limited child, never here
-        return load_state_dict(path)
-    return comfy.utils.load_torch_file(path, safe_load=True)
+    from .common import read_state_dict  # a pickle is unpickled in the limited child, never here
+    return read_state_dict(path)
 
 
 # names core maps on some models only: renamed to a style it maps on all when it does not know them here

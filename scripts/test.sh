@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 source scripts/runtimes.sh
 RUNTIMES=${*:-$(default_runtimes)}
+# the ComfyUI-free tests run once, in the main target when it is among the runtimes (else the first)
+COMFY_FREE_ON=$(for r in $RUNTIMES; do echo "$r"; done | grep -x "0.33" || echo "${RUNTIMES%% *}")
 declare -A RESULT
 status=0
 for rt in $RUNTIMES; do
@@ -15,7 +17,8 @@ for rt in $RUNTIMES; do
     echo "[test] runtime $rt is not set up (run make setup)" >&2; RESULT[$rt]="missing"; status=1; continue
   fi
   echo "================ runtime $rt: ComfyUI $COMFY ================"
-  COMFYUI_PATH="$COMFY" MODELSMITH_RUNTIME="$rt" "$VENV/bin/pytest" -q -rs tests ${PYTEST_ARGS:-}
+  COMFYUI_PATH="$COMFY" MODELSMITH_RUNTIME="$rt" MODELSMITH_COMFY_FREE_ON="$COMFY_FREE_ON" \
+    "$VENV/bin/pytest" -q -rs tests ${PYTEST_ARGS:-}
   rc=$?
   if [ $rc -eq 0 ]; then RESULT[$rt]="passed"; else RESULT[$rt]="FAILED (pytest exit $rc)"; status=1; fi
 done

@@ -25,6 +25,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comfy_env import comfy_path, import_comfy  # noqa: E402
 
 
+def _needs_runtime(item) -> bool:
+    """Tests that use ComfyUI: every runtime fixture depends on `comfy`; tests that reach the runtime
+    another way (a subprocess of main.py, its tree) carry the `runtime` marker."""
+    return "comfy" in getattr(item, "fixturenames", ()) or item.get_closest_marker("runtime") is not None
+
+
+def pytest_collection_modifyitems(config, items):
+    """`make test` runs the ComfyUI-free tests (core, kernels, CLI, formats, pickles) once, in the
+    runtime named by MODELSMITH_COMFY_FREE_ON (the main target), and the runtime tests everywhere; they
+    are deselected elsewhere (not skipped: they did not run there and are not counted)."""
+    once_on, here = os.environ.get("MODELSMITH_COMFY_FREE_ON"), os.environ.get("MODELSMITH_RUNTIME")
+    if not once_on or not here or once_on == here:
+        return
+    keep = [i for i in items if _needs_runtime(i)]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if not _needs_runtime(i)])
+        items[:] = keep
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("models")

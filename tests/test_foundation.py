@@ -3,9 +3,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from comfy_env import ROOT, comfy_path
 
 import graphs
+
+
+pytestmark = pytest.mark.runtime  # loads the pack into this runtime's ComfyUI
 
 
 def test_imports_without_comfy_and_without_torch(tmp_path):

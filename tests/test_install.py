@@ -15,6 +15,7 @@ from comfy_env import ROOT, comfy_path
 from conftest import ComfyServer, free_port
 from modelsmith.tools import workflows as wf
 
+pytestmark = pytest.mark.runtime  # a server of this runtime
 FOLDER = "ComfyUI-Modelsmith"
 # what the pack's developer environment adds to ComfyUI's own requirements (requirements-dev.txt),
 # and the pack's own editable install: none of it may be needed by the installed pack

@@ -3,6 +3,8 @@ import pytest
 import torch
 
 ck = pytest.importorskip("comfy_kitchen.backends.eager.quantization", reason="comfy-kitchen is installed by make setup")
+# each runtime has its own comfy-kitchen (0.2.40 reference on 0.3.75, 0.2.24 on 0.29, 0.2.31 on 0.33): every runtime
+pytestmark = pytest.mark.runtime
 from modelsmith.kernels import fp8, nvfp4  # noqa: E402
 
 

@@ -220,3 +220,22 @@ def test_a_name_spelled_twice_in_equivalent_json_is_a_duplicate(tmp_path):
     p.write_bytes(struct.pack("<Q", len(raw)) + raw + b"\0" * 8)
     with pytest.raises(ModelsmithError, match="duplicate name 'w'"):
         read_header(p)
+
+
+def test_a_child_over_its_memory_limit_is_one_sentence_and_the_caller_is_untouched(tmp_path, monkeypatch):
+    """The limit machinery itself: with the child's address space set below what it needs, the
+    result is the sentence naming the limit and the file's size, nothing written, and this process
+    (the caller) holds no more memory than before."""
+    import resource
+    p = tmp_path / "ok.ckpt"
+    torch.save({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(320, 4, 3, 3)}, p)
+    real = pickle_child.limits_for
+    monkeypatch.setattr(pickle_child, "limits_for", lambda size: {**real(size), "as": 1 << 30})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ModelsmithError, match=r"refused: loading it needs more than 1\.0 GB for a 0\.0 MB file"):
+        pickle_child.pickle_table(p)
+    with pytest.raises(ModelsmithError, match="needs more than 1.0 GB"):
+        with pickle_child.converted(p):
+            pass
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["ok.ckpt"]
