@@ -33,7 +33,7 @@ def _ascii_part(text: str) -> str:
 
 def safe_filename(name: str) -> str:
     """ASCII, no spaces, no path parts: the seed guide's advice for distributed model files. The
-    extension is kept, and a name with nothing ASCII left (`日本.safetensors`) becomes `model-<8 hex
+    extension is kept, and a name with nothing ASCII left (a Japanese-only name such as `\u65e5\u672c.safetensors`) becomes `model-<8 hex
     digits of the original name>` plus its extension, so distinct names stay distinct and never empty."""
     import hashlib
     name = os.path.basename(name.replace("\\", "/"))

@@ -34,13 +34,17 @@ def _needs_runtime(item) -> bool:
 def pytest_collection_modifyitems(config, items):
     """`make test` runs the ComfyUI-free tests (core, kernels, CLI, formats, pickles) once, in the
     runtime named by MODELSMITH_COMFY_FREE_ON (the main target), and the runtime tests everywhere; they
-    are deselected elsewhere (not skipped: they did not run there and are not counted)."""
+    are deselected elsewhere (not skipped: they did not run there and are not counted). Tests marked
+    `main_runtime` exercise comfy-free machinery through a server and also run only there."""
     once_on, here = os.environ.get("MODELSMITH_COMFY_FREE_ON"), os.environ.get("MODELSMITH_RUNTIME")
     if not once_on or not here or once_on == here:
         return
-    keep = [i for i in items if _needs_runtime(i)]
+
+    def runs_here(item):
+        return _needs_runtime(item) and item.get_closest_marker("main_runtime") is None
+    keep = [i for i in items if runs_here(i)]
     if len(keep) != len(items):
-        config.hook.pytest_deselected(items=[i for i in items if not _needs_runtime(i)])
+        config.hook.pytest_deselected(items=[i for i in items if not runs_here(i)])
         items[:] = keep
 
 

@@ -53,7 +53,7 @@ def test_a_deep_recipe_is_one_sentence():
 def test_torchscript_and_torch_tar_files_are_named_for_what_they_are(tmp_path):
     from modelsmith.core.inspect import inspect_file
     ts = tmp_path / "scripted.pt"
-    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), ts)
+    torch.jit.save(torch.jit.script(torch.nn.ReLU()), ts)
     with pytest.raises(ModelsmithError, match="a TorchScript program") as e:
         inspect_file(ts)
     assert "weights_only" not in str(e.value) and "Traceback" not in str(e.value)

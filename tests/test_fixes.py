@@ -89,22 +89,22 @@ def test_a_newer_file_that_arrives_while_a_replace_fix_runs_is_kept(models):
 
 
 @pytest.mark.parametrize("name, expect", [
-    ("日本.safetensors", r"model-[0-9a-f]{8}\.safetensors"), ("my model.ckpt", r"my_model\.ckpt"),
-    ("ｍｏｄｅｌ　ｖ２.safetensors", r"model_v2\.safetensors"), (".safetensors", r"safetensors"),
-    ("日本.セーフ", r"model-[0-9a-f]{8}")])
+    ("\u65e5\u672c.safetensors", r"model-[0-9a-f]{8}\.safetensors"), ("my model.ckpt", r"my_model\.ckpt"),
+    ("\uff4d\uff4f\uff44\uff45\uff4c\u3000\uff56\uff12.safetensors", r"model_v2\.safetensors"), (".safetensors", r"safetensors"),
+    ("\u65e5\u672c.\u30bb\u30fc\u30d5", r"model-[0-9a-f]{8}")])
 def test_safe_names_keep_the_extension_and_are_never_empty(name, expect):
     import re
     got = safe_filename(name)
     assert re.fullmatch(expect, got), got
-    assert safe_filename("日本.safetensors") != safe_filename("中国.safetensors")
+    assert safe_filename("\u65e5\u672c.safetensors") != safe_filename("\u4e2d\u56fd.safetensors")
 
 
 def test_rename_fix_of_a_non_ascii_name(models):
     ck = models / "checkpoints"
-    _ckpt(ck / "日本.ckpt")
-    res = doctor.apply_fix(_scan(models)["checkpoints/日本.ckpt"], "rename")
+    _ckpt(ck / "\u65e5\u672c.ckpt")
+    res = doctor.apply_fix(_scan(models)["checkpoints/\u65e5\u672c.ckpt"], "rename")
     assert os.path.basename(res["output"]).startswith("model-") and res["output"].endswith(".ckpt")
-    assert not (ck / "日本.ckpt").exists()
+    assert not (ck / "\u65e5\u672c.ckpt").exists()
 
 
 def test_hashing_a_fifo_is_refused_at_once(tmp_path):

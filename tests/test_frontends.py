@@ -63,7 +63,7 @@ def _pack_category(srv) -> str:
 
 @pytest.mark.parametrize("renderer", ["classic", "nodes2"])
 def test_extension_on_the_frontend(fe_server, renderer):
-    from test_workflows import _load_in_ui
+    from test_workflows import _load_in_ui, shows_the_pack_s_error
     srv = fe_server
     _set(srv.url, "Comfy.VueNodes.Enabled", renderer == "nodes2")
     tag = f"{srv.frontend}_{renderer}"
@@ -109,29 +109,7 @@ def test_extension_on_the_frontend(fe_server, renderer):
         browser.shot(page, f"report_{tag}.png")
 
         # 3. a user mistake: the pack's sentence, not a Python error
-        bad = {"1": {"class_type": "ModelsmithCheckpointLoader",
-                     "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors", "prediction": "auto"}},
-               "2": {"class_type": "ModelsmithAnimaPrompt", "inputs": {
-                   "convention": "anima", "quality": "masterpiece", "score": "", "period": "", "rating": "safe",
-                   "count": "1girl", "character": "", "series": "", "artist": "", "general": "", "description": ""}},
-               "3": {"class_type": "ModelsmithSDXLSampler", "inputs": {
-                   "model": ["1", 0], "positive": ["2", 2], "negative": ["2", 3], "prediction": "auto",
-                   "size": "custom", "width": 64, "height": 64, "steps": 1, "cfg": 0.0, "cfg_rescale": "auto",
-                   "rescale_phi": 0.7, "sampler_name": "euler", "scheduler": "normal", "seed": 1, "denoise": 1.0}}}
-        _load_in_ui(page, wf.api_to_ui(bad, info), "error")
-        page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
-        shown = ("() => document.body.innerText.includes('no CLIP is connected') || [...document.querySelectorAll("
-                 "'textarea')].some(e => e.value.includes('no CLIP is connected'))")
-        try:
-            page.wait_for_function(f"() => ({shown})() || document.body.innerText.includes('View details')",
-                                   timeout=60000)
-            if not page.evaluate(shown):
-                page.get_by_text("View details").first.click()
-            page.wait_for_function(shown, timeout=30000)
-        finally:
-            browser.shot(page, f"error_{tag}.png")
-        body = page.inner_text("body")
-        assert "NoneType" not in body and "is not subscriptable" not in body
+        shows_the_pack_s_error(page, info, f"error_{tag}.png")
         page.keyboard.press("Escape")
 
         # 4. the Model Doctor sidebar tab

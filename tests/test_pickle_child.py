@@ -239,3 +239,95 @@ def test_a_child_over_its_memory_limit_is_one_sentence_and_the_caller_is_untouch
             pass
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 50 * 1024
     assert sorted(x.name for x in tmp_path.iterdir()) == ["ok.ckpt"]
+
+
+@pytest.fixture(scope="module")
+def secret_server(comfy, tmp_path_factory, monkeypatch_module):
+    """A ComfyUI server whose own process holds a secret (in its environment and so in its memory)."""
+    from conftest import start_server, stop_server
+    models = tmp_path_factory.mktemp("secret_models")
+    for sub in ("checkpoints", "vae", "diffusion_models", "text_encoders", "loras", "embeddings"):
+        (models / sub).mkdir()
+    for name, make in ATTACKS.items():
+        make(models / "checkpoints" / (name if name.endswith(".safetensors") else name + ".ckpt"))
+    _ckpt_good(models / "checkpoints" / "good.ckpt")
+    monkeypatch_module.setenv("MODELSMITH_TEST_SECRET", (SECRET * 64).decode())
+    out = tmp_path_factory.mktemp("secret_out")
+    srv = start_server(models, out, tmp_path_factory.mktemp("secret_log") / "comfyui.log")
+    srv.models, srv.output = models, out
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    mp = pytest.MonkeyPatch()
+    yield mp
+    mp.undo()
+
+
+def _ckpt_good(path):
+    torch.save({"state_dict": {"model.diffusion_model.input_blocks.0.0.weight": torch.randn(320, 4, 3, 3),
+                               "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight":
+                                   torch.randn(320, 768)}}, path)
+
+
+@pytest.mark.main_runtime
+def test_secret_in_the_server_never_reaches_a_converted_file_or_view(secret_server):
+    """The Convert node on every attack file and on a benign one, in a server holding a secret: each
+    output, fetched back through /view, is free of it (and the attacks are refused)."""
+    import urllib.parse
+    import urllib.request
+    names = sorted(p.name for p in (secret_server.models / "checkpoints").iterdir())
+    written = []
+    for i, name in enumerate(names):
+        hist = secret_server.queue_and_wait({"1": {"class_type": "ModelsmithConvertCheckpoint", "inputs": {
+            "ckpt_name": name, "dtype": "fp32", "ema": "keep", "vae": "keep", "output_name": f"conv{i}",
+            "destination": "output/checkpoints", "overwrite": False}}}, timeout=300)
+        status = hist["status"]["status_str"]
+        assert status == ("success" if name == "good.ckpt" else "error"), (name, json.dumps(hist["status"])[-800:])
+        if status == "success":
+            written.append(f"conv{i}.safetensors")
+    assert written
+    for name in written:
+        q = urllib.parse.urlencode({"filename": name, "subfolder": "checkpoints", "type": "output"})
+        with urllib.request.urlopen(f"{secret_server.url}/view?{q}", timeout=60) as r:
+            data = r.read()
+        assert len(data) > 1000 and SECRET not in data
+    for p in secret_server.output.rglob("*"):
+        if p.is_file():
+            assert SECRET not in p.read_bytes(), p
+
+
+@pytest.mark.parametrize("case", ["f4_dtype", "bool_and_int", "zero_dims", "empty_tensor", "short_data"])
+def test_convert_on_odd_but_valid_safetensors_is_a_result_or_one_sentence(tmp_path, case):
+    import struct
+    entries = {"f4_dtype": {"model.diffusion_model.input_blocks.0.0.weight": ("F4", [320, 4, 3, 4])},
+               "bool_and_int": {"model.diffusion_model.input_blocks.0.0.weight": ("F16", [320, 4, 3, 3]),
+                                "flags": ("BOOL", [3]), "steps": ("I64", [1])},
+               "zero_dims": {"model.diffusion_model.input_blocks.0.0.weight": ("F16", [0, 4, 3, 3])},
+               "empty_tensor": {"model.diffusion_model.input_blocks.0.0.weight": ("F16", [320, 4, 3, 3]),
+                                "v_pred": ("F32", [0])},
+               "short_data": {"model.diffusion_model.input_blocks.0.0.weight": ("F16", [320, 4, 3, 3])}}[case]
+    bits = {"F4": 4, "F16": 16, "BOOL": 8, "I64": 64, "F32": 32}
+    header, pos = {}, 0
+    for k, (dt, shape) in entries.items():
+        n = 1
+        for d in shape:
+            n *= d
+        size = n * bits[dt] // 8
+        header[k] = {"dtype": dt, "shape": shape, "data_offsets": [pos, pos + size]}
+        pos += size
+    raw = json.dumps(header).encode()
+    p = tmp_path / f"{case}.safetensors"
+    data = b"\0" * pos
+    if case == "short_data":
+        data = data[: pos // 2]
+    p.write_bytes(struct.pack("<Q", len(raw)) + raw + data)
+    out = tmp_path / "out.safetensors"
+    r = subprocess.run([sys.executable, "-m", "modelsmith", "convert", str(p), str(out), "--dtype", "fp16"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode in (0, 2) and "Traceback" not in r.stderr, r.stderr[-1500:]
+    if r.returncode == 2:
+        assert r.stderr.strip().startswith("modelsmith: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not out.exists()

@@ -196,6 +196,39 @@ def test_workflows_load_in_the_browser_without_missing_nodes(wf_server):
         assert any(m in body for m in MISSING_MARKERS) and "modelsmithnosuchnode" in body, body[:3000]
 
 
+# a user mistake: a Prompt Builder's CONDITIONING used with no CLIP connected to the builder
+NO_CLIP_GRAPH = {
+    "1": {"class_type": "ModelsmithCheckpointLoader", "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors",
+                                                                 "prediction": "auto"}},
+    "2": {"class_type": "ModelsmithAnimaPrompt", "inputs": {
+        "convention": "anima", "quality": "masterpiece", "score": "", "period": "", "rating": "safe", "count": "1girl",
+        "character": "", "series": "", "artist": "", "general": "", "description": ""}},
+    "3": {"class_type": "ModelsmithSDXLSampler", "inputs": {
+        "model": ["1", 0], "positive": ["2", 2], "negative": ["2", 3], "prediction": "auto", "size": "custom",
+        "width": 64, "height": 64, "steps": 1, "cfg": 0.0, "cfg_rescale": "auto", "rescale_phi": 0.7,
+        "sampler_name": "euler", "scheduler": "normal", "seed": 1, "denoise": 1.0}}}
+
+
+def shows_the_pack_s_error(page, info, shot_name):
+    """Queue NO_CLIP_GRAPH in the page and wait until the pack's sentence is on screen (frontend 1.32
+    opens a dialog with it; 1.47 and later outline the node and show a toast whose "View details" or
+    error panel holds it); never a Python error in its place."""
+    _load_in_ui(page, wf.api_to_ui(NO_CLIP_GRAPH, info), "error")
+    page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
+    shown = ("() => document.body.innerText.includes('no CLIP is connected') || [...document.querySelectorAll("
+             "'textarea')].some(e => e.value.includes('no CLIP is connected'))")
+    try:
+        page.wait_for_function(f"() => ({shown})() || document.body.innerText.includes('View details')", timeout=60000)
+        if not page.evaluate(shown):
+            page.get_by_text("View details").first.click()
+        page.wait_for_function(shown, timeout=30000)
+    finally:
+        browser.shot(page, shot_name)
+    body = page.inner_text("body")
+    # (the error panel of 1.47+ also lists ComfyUI's own stack trace under "details", not the pack's)
+    assert "NoneType" not in body and "is not subscriptable" not in body
+
+
 NODE_API_SNAPSHOT = os.path.join(os.path.dirname(__file__), "node_api.json")
 
 
@@ -265,30 +298,4 @@ def test_reports_stay_readable_and_errors_show_at_the_node(wf_server):
         assert "text" in state["names"] and state["visible"], state
         assert "score_9, rating_safe, 1girl, smile" in state["value"] and "{" not in state["value"]
         # a user mistake shows the pack's sentence in the UI
-        bad = {"1": {"class_type": "ModelsmithCheckpointLoader",
-                     "inputs": {"ckpt_name": "sd_xl_base_1.0.safetensors", "prediction": "auto"}},
-               "2": {"class_type": "ModelsmithAnimaPrompt", "inputs": {
-                   "convention": "anima", "quality": "masterpiece", "score": "", "period": "", "rating": "safe",
-                   "count": "1girl", "character": "", "series": "", "artist": "", "general": "", "description": ""}},
-               "3": {"class_type": "ModelsmithSDXLSampler", "inputs": {
-                   "model": ["1", 0], "positive": ["2", 2], "negative": ["2", 3], "prediction": "auto",
-                   "size": "custom", "width": 64, "height": 64, "steps": 1, "cfg": 0.0, "cfg_rescale": "auto",
-                   "rescale_phi": 0.7, "sampler_name": "euler", "scheduler": "normal", "seed": 1, "denoise": 1.0}}}
-        _load_in_ui(page, wf.api_to_ui(bad, info), "error")
-        page.evaluate("async () => { await window.app.queuePrompt(0, 1); }")
-        try:
-            # frontend 1.32 (0.3.75) opens a dialog with the message; 1.47 (0.29) outlines the node in
-            # red and shows a toast whose "View details" holds the message
-            shown = ("() => document.body.innerText.includes('no CLIP is connected') || [...document.querySelectorAll("
-                     "'textarea')].some(e => e.value.includes('no CLIP is connected'))")
-            page.wait_for_function(f"() => ({shown})() || document.body.innerText.includes('View details')",
-                                   timeout=60000)
-            if not page.evaluate(shown):
-                page.get_by_text("View details").first.click()
-            page.wait_for_function(shown, timeout=30000)
-        finally:
-            browser.shot(page, "error_at_node.png")
-        body = page.inner_text("body")
-        # the pack's sentence is the error; (1.47's error panel also lists ComfyUI's own stack trace
-        # under "details", which the pack does not control)
-        assert "NoneType" not in body and "is not subscriptable" not in body
+        shows_the_pack_s_error(page, info, "error_at_node.png")
