@@ -6,11 +6,18 @@ import sys
 
 
 def progress(desc):
-    """A progress callback (done, total) drawing a bar on stderr."""
+    """A progress callback (done, total): a bar redrawn in place on a terminal; in a log (stderr not a
+    terminal) plain lines every 10%, no carriage returns."""
     state = {"last": -1}
+    tty = sys.stderr.isatty()
 
     def cb(done, total):
         pct = int(100 * done / max(1, total))
+        if not tty:
+            if pct // 10 != state["last"] // 10 or (done == total and state["last"] != 100):
+                state["last"] = pct
+                print(f"{desc}: {pct}% ({done}/{total} tensors)", file=sys.stderr, flush=True)
+            return
         if pct != state["last"]:
             state["last"] = pct
             bar = "#" * (pct // 4)

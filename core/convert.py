@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import ModelsmithError
+from .errors import ModelsmithError, a
 
 DTYPES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}
 FLOAT = {"F16", "BF16", "F32", "F64"}
@@ -35,6 +35,7 @@ class _PickleSource:
         from .stream import Reader
         self.tmp = converted(path)
         st = self.tmp.__enter__()
+        self.st_path = st  # the child's safetensors copy (what inspection reads instead of the pickle)
         try:
             self.r = Reader(st)
         except BaseException:
@@ -129,6 +130,17 @@ def _dequantized_table(src):
     return table, states
 
 
+def _check_vae_fits(vae_path, vae_table, report) -> None:
+    """A VAE baked into a checkpoint must be the kind its family decodes with (latent channels and
+    image/video convs); another family's VAE is refused with one sentence before anything is written."""
+    from . import families as fam
+    want, got = fam.CHECKPOINT_VAE.get(report.get("family")), fam.vae_signature(vae_table)
+    if want and got and want != got:
+        raise ModelsmithError(f"{os.path.basename(vae_path)} is {a(fam.describe_vae(got))}, but "
+                              f"{a(report['family'])} checkpoint decodes with {a(fam.describe_vae(want))}: it would "
+                              f"give broken images; pick a VAE of its family (or keep the baked-in one)")
+
+
 def run_convert(src_path, output, *, dtype="fp16", ema="keep", vae="keep", overwrite=False, progress=None,
                 title=None) -> dict:
     """Convert `src_path` into a safetensors file at `output`. vae: 'keep', 'strip' or a VAE file path."""
@@ -139,17 +151,18 @@ def run_convert(src_path, output, *, dtype="fp16", ema="keep", vae="keep", overw
 
     if dtype is not None and dtype not in DTYPES:
         raise ModelsmithError(f"dtype must be one of {', '.join(DTYPES)}")
-    report = inspect_file(src_path)
+    src = open_source(src_path)  # a pickle is converted once, in the child; inspected from that copy
     vae_src = None
-    vae_mode = vae
-    if vae not in ("keep", "strip"):
-        vae_rep = inspect_file(vae)
-        if vae_rep.get("kind") != "vae" and not vae_rep["components"].get("vae"):
-            raise ModelsmithError(f"{vae}: not a VAE file")
-        vae_src = open_source(vae)
-        vae_mode = "strip"  # replaced by the baked-in one
-    src = open_source(src_path)
     try:
+        report = inspect_file(getattr(src, "st_path", src_path))
+        vae_mode = vae
+        if vae not in ("keep", "strip"):
+            vae_rep = inspect_file(vae)
+            if vae_rep.get("kind") != "vae" and not vae_rep["components"].get("vae"):
+                raise ModelsmithError(f"{vae}: not a VAE file")
+            vae_src = open_source(vae)
+            _check_vae_fits(vae, vae_src.table, report)
+            vae_mode = "strip"  # replaced by the baked-in one
         vae_table = None
         if vae_src is not None:
             vae_table = {k[len(VAE):] if k.startswith(VAE) else k: v for k, v in vae_src.table.items()

@@ -30,8 +30,8 @@ KINDS = ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras")
 # ComfyUI's legacy folder names that hold the same kinds
 ALIASES = {"unet": "diffusion_models", "clip": "text_encoders"}
 MODEL_EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
-CACHE_VERSION = 4
-_SUMMARY_KEYS = ("not_opened", "family", "variant", "layout", "precision", "quantization", "prediction", "ztsnr", "ema", "params",
+CACHE_VERSION = 5
+_SUMMARY_KEYS = ("not_opened", "vae_mismatch", "family", "variant", "layout", "precision", "quantization", "prediction", "ztsnr", "ema", "params",
                  "kind", "components", "warnings", "modelspec", "lora")
 _DETAIL_KEYS = ("blocks", "width", "adapter_blocks", "text_encoder", "core_adapter_fits", "comfyui_loads_whole_since",
                 "extra_modules")
@@ -218,6 +218,12 @@ def problems(entry: dict, ctx: dict) -> list[dict]:
     if has_denoiser and arch in ARCH_FAMILIES and ARCH_FAMILIES[arch] != s.get("family") \
             and not (ARCH_FAMILIES[arch] == "sd2" and s.get("family") == "sd2"):
         out.append(_p("metadata-lies", f"its metadata says {arch} but the tensors are {s.get('family')}"))
+    place = _misplaced(entry.get("kind"), s)
+    if place:
+        out.append(_p("misplaced", place))
+    if s.get("vae_mismatch"):
+        out.append(_p("vae-mismatch", "its baked-in VAE belongs to another family: images come out broken; load "
+                      "a VAE of its family or convert with one baked in"))
     if s.get("ema"):
         out.append(_p("ema", "EMA weights kept: about twice the size, and sampling uses only one copy", "prune"))
     if has_denoiser and s.get("precision") == "fp32":
@@ -246,6 +252,30 @@ def problems(entry: dict, ctx: dict) -> list[dict]:
         if dups:
             out.append(_p("duplicate", "the same bytes as " + ", ".join(dups)))
     return out
+
+
+# where each kind of file belongs, and the loader that lists that folder
+_HOME = {"vae": ("vae", "VAELoader"), "lora": ("loras", "LoraLoader"), "text-encoder": ("text_encoders", "CLIPLoader"),
+         "diffusion-model": ("diffusion_models", "Load Diffusion Model (UNETLoader)"),
+         "checkpoint": ("checkpoints", "Load Checkpoint")}
+
+
+def _misplaced(folder: str | None, s: dict) -> str | None:
+    """Why a file sits in a folder whose loader cannot use it (a VAE, LoRA, text encoder or denoiser-
+    only file in checkpoints/, a LoRA among the VAEs, ...), or None."""
+    if not folder or s.get("not_opened"):
+        return None
+    what = s.get("kind") if s.get("kind") in ("vae", "lora", "text-encoder") else s.get("layout")
+    if what == "diffusers" or what not in _HOME:
+        return None
+    home, loader = _HOME[what]
+    ok = {"checkpoints": ("checkpoint",), "diffusion_models": ("diffusion-model", "checkpoint"), "vae": ("vae",),
+          "loras": ("lora",), "text_encoders": ("text-encoder",)}.get(folder)
+    if ok is None or what in ok:
+        return None
+    label = {"diffusion-model": "a denoiser-only file", "checkpoint": "a full checkpoint", "vae": "a VAE",
+             "lora": "a LoRA", "text-encoder": "a text encoder"}[what]
+    return f"{label} in {folder}/: the loaders of that folder cannot use it; move it to models/{home}/ ({loader})"
 
 
 def _lora_fits(lora, model) -> bool:

@@ -6,6 +6,31 @@ import re
 
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 
+# The VAE each single-file checkpoint family decodes with: (latent channels, kernel rank of its convs:
+# 4 = an image VAE, 5 = a video VAE such as Wan 2.1 / Qwen-Image). Only checkpoint families bake one in.
+CHECKPOINT_VAE = {"sd1": (4, 4), "sd2": (4, 4), "sdxl": (4, 4), "sdxl-refiner": (4, 4), "sd3": (16, 4),
+                  "sd3.5-medium": (16, 4), "sd3.5-large": (16, 4), "flux1": (16, 4), "flux2": (32, 4),
+                  "qwen-image": (16, 5), "anima": (16, 5), "cosmos-predict2": (16, 5)}
+
+
+def vae_signature(table: dict) -> tuple[int, int] | None:
+    """(latent channels, conv kernel rank) of the VAE in a {name: (dtype, shape)} table (a standalone
+    VAE file or a checkpoint's baked-in one), read from its decoder's first conv; None without one."""
+    for k, (_, shape) in table.items():
+        stem = k
+        for p in VAE_PREFIXES:
+            if stem.startswith(p):
+                stem = stem[len(p):]
+        if stem in ("decoder.conv_in.weight", "decoder.conv1.weight") and len(shape) >= 4:
+            return shape[1], len(shape)
+    return None
+
+
+def describe_vae(sig) -> str:
+    z, rank = sig
+    return f"{z}-channel {'video (Wan 2.1 / Qwen-Image style)' if rank == 5 else 'image'} VAE"
+
+
 # Prediction type each flow family always uses.
 FLOW_FAMILIES = {"sd3", "sd3.5-medium", "sd3.5-large", "flux1", "flux2", "qwen-image", "z-image",
                  "lumina2", "cosmos-predict2", "anima"}

@@ -10,7 +10,7 @@ import math
 import os
 
 from . import families as fam
-from .errors import ModelsmithError
+from .errors import ModelsmithError, a
 from .families import CORE_ANIMA
 from ..kernels.formats import FP8_FORMATS, QUANT_FORMATS, SCALE_SUFFIXES, logical_columns, nf4_aux_keys, nf4_weights
 from .files import check_regular_file
@@ -155,6 +155,13 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
     report["components"] = {"denoiser": bool(den), "vae": vae, "text_encoders": encoders}
     report["family"], report["variant"] = family, variant
     report["details"] = details
+    if vae and den:
+        want, got = fam.CHECKPOINT_VAE.get(family), fam.vae_signature(tensors)
+        if want and got and want != got:
+            report["vae_mismatch"] = True
+            warnings.append(f"Its baked-in VAE is {a(fam.describe_vae(got))}, but {a(family)} model decodes with "
+                            f"{a(fam.describe_vae(want))}: images come out broken. Load a VAE of its family with "
+                            f"VAELoader, or convert with that VAE baked in.")
 
     if not den:
         report["layout"] = None

@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 
-from .errors import ModelsmithError
+from .errors import ModelsmithError, a
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASE_AS = 4 << 30  # address space Python + torch need before any tensor (measured: ~3 GB of mappings)
@@ -68,12 +68,12 @@ def _sentence(path: str, size: int, lim: dict, rc: int, err: str) -> str:
     if rc in (-9, -24) or any(s in err for s in ("Cannot allocate memory", "MemoryError", "std::bad_alloc",
                                                   "failed to map segment", "out of memory")):
         if rc == -24:
-            return (f"{name}: refused: loading it needs more than {lim['cpu']} s of CPU for a {mb:.1f} MB file "
+            return (f"{name}: refused: loading it needs more than {lim['cpu']} s of CPU for {a(f'{mb:.1f}')} MB file "
                     f"(stopped); the file is not a plain checkpoint")
-        return (f"{name}: refused: loading it needs more than {lim['as'] / 2**30:.1f} GB for a {mb:.1f} MB file "
+        return (f"{name}: refused: loading it needs more than {lim['as'] / 2**30:.1f} GB for {a(f'{mb:.1f}')} MB file "
                 f"(stopped before it got the memory); the file is not a plain checkpoint")
     if rc == -25 or "File too large" in err:
-        return (f"{name}: refused: its tensors would write more than {lim['fsize'] / 1e6:.0f} MB for a {mb:.1f} MB "
+        return (f"{name}: refused: its tensors would write more than {lim['fsize'] / 1e6:.0f} MB for {a(f'{mb:.1f}')} MB "
                 f"file; the file is not a plain checkpoint")
     return f"{name}: could not be read in the pickle child ({last[:300] or f'exit status {rc}'})"
 

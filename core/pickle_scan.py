@@ -296,7 +296,8 @@ def _prescan_zip(path, size):
                                   "compressed records are how zip bombs grow)")
             data = z.read(pkl)
     except zipfile.BadZipFile as e:
-        raise ModelsmithError(f"{path}: not a readable checkpoint pickle (BadZipFile: {e})") from None
+        raise ModelsmithError(f"{path}: not a readable checkpoint pickle (BadZipFile: {e}). The file is damaged or "
+                              f"incomplete: download it again, preferably as .safetensors.") from None
     storages = scan_pickle(data, path, budget=size + MARGIN_BYTES)
     total = 0
     for s in {s.key: s for s in storages}.values():

@@ -11,7 +11,7 @@ import nodes as comfy_nodes  # ComfyUI's own nodes.py (common_ksampler)
 import torch
 
 from ..core import resolution
-from ..core.errors import ModelsmithError
+from ..core.errors import ModelsmithError, a
 from ..core.inspect import inspect_file
 from . import common
 
@@ -35,7 +35,7 @@ def _choices(folder):
 def _check_dit(path):
     rep = inspect_file(path)
     if rep["family"] != "anima":
-        what = f"a {rep['family']} {rep['layout'] or 'file'}" if rep["family"] != "unknown" else "not an Anima model"
+        what = f"{a(rep['family'])} {rep['layout'] or 'file'}" if rep["family"] != "unknown" else "not an Anima model"
         raise ModelsmithError(f"{os.path.basename(path)} is {what}; expected an Anima diffusion model "
                               f"(diffusion_models/anima-*.safetensors: Cosmos-Predict2 blocks plus llm_adapter).")
     return rep
@@ -206,6 +206,9 @@ class ModelsmithAnimaSampler:
                 from .lora import apply_checked_lora
                 model, lora_lines = apply_checked_lora(model, folder_paths.get_full_path_or_raise("loras", turbo_lora), 1.0)
                 lines += lora_lines
+            else:
+                lines.append("turbo without a turbo LoRA: unless this model is itself a turbo model, 8 steps at CFG 1 "
+                             "give an unfinished image; pick turbo_lora (anima-turbo-lora*) or turn turbo off")
 
         def cond(given, text, name):
             common.check_conditioning(given, name, prompt, unique_id)
@@ -216,7 +219,13 @@ class ModelsmithAnimaSampler:
             return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
         pos, neg = cond(positive, positive_text, "positive"), cond(negative, negative_text, "negative")
+        for given, text, name in ((positive, positive_text, "positive"), (negative, negative_text, "negative")):
+            if given is not None and text.strip():
+                lines.append(f"{name}: the connected CONDITIONING is used; the {name}_text box is not")
         w, h = resolution.preset_size(size, resolution.ANIMA_PRESETS, resolution.snap(width, height, 16))
+        if size != "custom" and (width, height) != (w, h):
+            lines.append(f"size {size}: the width/height widgets ({width}x{height}) are not used (choose size custom "
+                         f"to use them)")
         latent = {"samples": torch.zeros([batch_size, 16, 1, h // 8, w // 8],
                                          device=comfy.model_management.intermediate_device())}
         (out,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, pos, neg, latent)

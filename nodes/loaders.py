@@ -12,7 +12,7 @@ import folder_paths
 
 from ..core import inspect as core_inspect
 from ..core.report import format_report
-from ..core.errors import ModelsmithError
+from ..core.errors import ModelsmithError, a
 from . import common
 from .sampling_patch import apply_prediction
 
@@ -53,7 +53,7 @@ def load_checkpoint_file(path: str, report: dict | None = None):
         raise ModelsmithError(f"{os.path.basename(path)} has no denoiser, so it is not a checkpoint to sample from." + hint)
     if report["layout"] not in ("checkpoint",):
         raise ModelsmithError(
-            f"{os.path.basename(path)} is a {report['family']} {report['layout']}, not a single-file checkpoint: "
+            f"{os.path.basename(path)} is {a(report['family'])} {report['layout']}, not a single-file checkpoint: "
             f"load it with a diffusion-model loader (or the Anima loader).")
     if report.get("quantization"):
         from ..compat.quantized import check_core_reads

@@ -80,16 +80,20 @@ class ModelsmithMergeCheckpoints:
     def INPUT_TYPES(cls):
         files = _ckpts()
         return {"required": {
-            "model_a": (files, {"tooltip": "A: the base; its keys, dtype and markers are kept."}),
-            "model_b": (files, {"tooltip": "B: merged into A."}),
-            "model_c": (["none"] + files, {"default": "none", "tooltip": "C: needed by add_difference, ties and dare."}),
+            "model_a": (files, {"tooltip": "A: the model merged into; its keys and markers are kept, and its dtype "
+                                          "unless `dtype` says otherwise."}),
+            "model_b": (files, {"tooltip": "B: weighted_sum/slerp: blended into A by alpha; add_difference/ties/dare: "
+                                          "the tuned model whose difference from C is added to A."}),
+            "model_c": (["none"] + files, {"default": "none", "tooltip":
+                        "C: add_difference/ties/dare only: the base model B was trained from (A + alpha * (B - C))."}),
             "method": (sorted(METHODS), {"default": "weighted_sum"}),
             "alpha": ("FLOAT", {"default": 0.5, "min": -1.0, "max": 2.0, "step": 0.01, "tooltip": "B's share (M)."}),
             "block_weights": ("STRING", {"default": "", "multiline": True, "tooltip":
                               "Optional: 'BASE:0.5,IN00:0.2,...' or one number per block (SD1 26, SDXL 21)."}),
             "density": ("FLOAT", {"default": 0.2, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": "TIES: share kept."}),
             "drop": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip": "DARE: drop probability."}),
-            "dtype": (["same as A", "fp16", "bf16", "fp32"], {"default": "fp16"}),
+            "dtype": (["same as A", "fp16", "bf16", "fp32"], {"default": "same as A", "tooltip":
+                      "The output's dtype: A's by default (as the CLI and README say), or fp16/bf16/fp32."}),
             "output_name": ("STRING", {"default": "merged", "tooltip": "A plain file name (ASCII, no spaces is safest)."}),
             "destination": (DESTINATIONS, {"default": "output/checkpoints"}),
             "overwrite": ("BOOLEAN", {"default": False}),

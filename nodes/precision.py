@@ -81,8 +81,9 @@ class ModelsmithSaveQuantized:
             "exclude": ("STRING", {"default": "", "tooltip": "More layers to keep in high precision (comma-separated regex)."}),
             "output_name": ("STRING", {"default": "quantized"}),
             "destination": (QUANT_DESTINATIONS, {"default": "auto", "tooltip":
-                            "auto: a diffusion-model file goes to models/diffusion_models (where core Load "
-                            "Diffusion Model lists it), a checkpoint to output/checkpoints."}),
+                            "auto: where a loader lists the result: a diffusion-model file goes to "
+                            "models/diffusion_models (Load Diffusion Model), a checkpoint to models/checkpoints "
+                            "(Load Checkpoint)."}),
             "overwrite": ("BOOLEAN", {"default": False}),
         }}
 
@@ -91,7 +92,7 @@ class ModelsmithSaveQuantized:
         src = folder_paths.get_full_path_or_raise(folder, name)
         if destination == "auto":
             layout = inspect_file(src).get("layout")
-            destination = "models/diffusion_models" if layout == "diffusion-model" else "output/checkpoints"
+            destination = "models/diffusion_models" if layout == "diffusion-model" else "models/checkpoints"
         out = output_path(output_name, destination, overwrite=overwrite)
         stats = run_quantize(src, out, fmt=format, preset=preset, exclude=exclude, overwrite=overwrite,
                              progress=_progress_bar())

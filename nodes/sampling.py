@@ -7,6 +7,7 @@ import nodes as comfy_nodes  # ComfyUI's own nodes.py (common_ksampler)
 import torch
 
 from ..core import resolution
+from ..core.errors import a
 from ..core.schedules import rescale_cfg
 from . import common
 from .sampling_patch import apply_prediction, sampling_of
@@ -49,9 +50,11 @@ def resolve(model, settings, choice):
         label = choice
         if settings and settings.get("file_prediction") is not None:
             marked = "v+ztsnr" if settings.get("file_prediction") == "v" and settings.get("file_ztsnr") else settings.get("file_prediction")
-            if marked in ("eps", "v", "v+ztsnr") and marked != label:
-                warnings.append(f"prediction {label} contradicts the file's markers ({marked}): expect noise, "
-                                f"gray or black images if the file is right.")
+        else:  # no SETTINGS wired: the model's own sampling (its loader read the markers) says it
+            marked = file_label
+        if marked in ("eps", "v", "v+ztsnr") and marked != label:
+            warnings.append(f"prediction {label} contradicts the model's own ({marked}, from its markers): expect "
+                            f"noise, gray or black images if the file is right.")
     return label, warnings
 
 
@@ -104,12 +107,23 @@ class ModelsmithSDXLSampler:
         current = sampling_of(model)
         if current != (pred, ztsnr):
             model = apply_prediction(model, pred, ztsnr)
+        from .lora import model_family
+        family = model_family(model)[0]
+        if family not in ("sdxl", "sdxl-refiner"):
+            warnings.append(f"this is {a(family)} model, not SDXL: the sizes, CFG and schedule here are SDXL's; "
+                            f"core's KSampler with the model's own settings fits it better.")
         if cfg <= 0:
             cfg = DEFAULT_CFG[label]
+            warnings.append(f"cfg 0 means the recommended CFG for {label}: ran at {cfg:g}.")
         if ztsnr and cfg > ZTSNR_MAX_CFG:
             warnings.append(f"CFG {cfg} is far above what zero terminal SNR tolerates (<= 5): expect burnt colors.")
         if cfg_rescale == "on" or (cfg_rescale == "auto" and ztsnr):
             model = with_rescale_cfg(model, rescale_phi)
+        if latent_image is not None:
+            warnings.append("a latent_image is connected: size, width, height and batch_size are not used.")
+        elif size != "custom" and (width, height) != resolution.preset_size(size, resolution.SDXL_PRESETS, (width, height)):
+            warnings.append(f"size {size}: the width/height widgets ({width}x{height}) are not used (choose size "
+                            f"custom to use them).")
         if latent_image is None:
             w, h = resolution.preset_size(size, resolution.SDXL_PRESETS, resolution.snap(width, height, 64))
             latent_image = {"samples": torch.zeros([batch_size, 4, h // 8, w // 8],

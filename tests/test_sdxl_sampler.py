@@ -112,7 +112,7 @@ def test_warnings_for_contradiction_and_high_cfg(comfy, tiny_files):
     model, clip, _, settings = _node("ModelsmithCheckpointLoader").load("tiny_sdxl_vpred_ztsnr.safetensors", "auto")
     pos = _cond(comfy, clip, "x")
     _, text = _sdxl_node(model, pos, pos, settings, prediction="eps")
-    assert any("contradicts the file's markers (v+ztsnr)" in t for t in text)
+    assert any("contradicts the model's own (v+ztsnr, from its markers)" in t for t in text)
     _, text = _sdxl_node(model, pos, pos, settings, cfg=12.0)
     assert any("far above" in t for t in text)
 

@@ -87,14 +87,31 @@ QUICK = {"steps": 2, "size": "custom", "width": 64, "height": 64}
 
 
 @pytest.mark.parametrize("name", wf.bundled())
-def test_api_twin_runs_over_http(wf_server, name):
+def test_api_twin_runs_over_http_with_a_third_party_client(wf_server, name):
+    """Every bundled API workflow, as its file is, through `comfy-api-simplified` (PyPI): it addresses
+    nodes by `_meta.title` (what ComfyUI's own Export (API) writes), queues over HTTP, follows the
+    websocket and fetches the images through /view. Titles are the nodes' display names."""
+    import asyncio
+    from comfy_api_simplified import ComfyApiWrapper, ComfyWorkflowWrapper
+    info = wf_server.get("/object_info")
     api = wf.load_api(name)
-    sets = [f"{nid}.{k}={json.dumps(v)}" for nid, n in api.items() for k, v in QUICK.items() if k in n["inputs"]]
-    res = http.queue(wf.apply_sets(api, sets), server=wf_server.url, out_dir=str(wf_server.output / "fetched" / name),
-                   timeout=600)
-    assert res["outputs"], name
+    assert all(n["_meta"]["title"] == info[n["class_type"]]["display_name"] for n in api.values()), name
+    flow = ComfyWorkflowWrapper(os.path.join(wf.API_DIR, f"{name}.json"))
+    for nid, node in api.items():
+        for k, v in QUICK.items():
+            if k in node["inputs"]:
+                flow.set_node_param(node["_meta"]["title"], k, v)
+    client = ComfyApiWrapper(wf_server.url)
     if any(n["class_type"] == "SaveImage" for n in api.values()):
-        assert res["saved"] and all(os.path.getsize(p) > 0 for p in res["saved"])
+        images = client.queue_and_wait_images(flow, info["SaveImage"]["display_name"])
+        assert images and all(data[:8] == b"\x89PNG\r\n\x1a\n" for data in images.values()), name
+    else:
+        prompt_id, _ = asyncio.run(client.queue_prompt_and_wait(flow))
+        hist = client.get_history(prompt_id)[prompt_id]
+        assert hist["status"]["status_str"] == "success" and hist["outputs"], name
+    if name == "quantize_and_save":  # its Note says: load the result with Load Diffusion Model
+        listed = wf_server.get("/object_info/UNETLoader")["UNETLoader"]["input"]["required"]["unet_name"][0]
+        assert any(n.startswith("anima_fp8_scaled") for n in listed), listed
 
 
 def test_queue_cli_with_overrides_and_errors(wf_server, tmp_path):

@@ -122,10 +122,14 @@ def api_to_ui(api: dict, object_info: dict, note: str = "") -> dict:
                 inputs.append({"name": name, "type": type_, "link": None})
         outputs = [{"name": (info.get("output_name") or info["output"])[i], "type": t, "links": [], "slot_index": i}
                    for i, t in enumerate(info["output"])]
-        nodes.append({"id": int(nid), "type": node["class_type"], "pos": [40 + 380 * depth[nid], 60 + 330 * row],
-                      "size": [340, 260], "flags": {}, "order": len(nodes), "mode": 0, "inputs": inputs,
-                      "outputs": outputs, "properties": {"Node name for S&R": node["class_type"]},
-                      "widgets_values": widgets})
+        ui_node = {"id": int(nid), "type": node["class_type"], "pos": [40 + 380 * depth[nid], 60 + 330 * row],
+                   "size": [340, 260], "flags": {}, "order": len(nodes), "mode": 0, "inputs": inputs,
+                   "outputs": outputs, "properties": {"Node name for S&R": node["class_type"]},
+                   "widgets_values": widgets}
+        title = (node.get("_meta") or {}).get("title")
+        if title and title != info.get("display_name"):
+            ui_node["title"] = title  # a title of its own, as the user named it
+        nodes.append(ui_node)
     by_id = {n["id"]: n for n in nodes}
     for (src, slot), ids in out_links.items():
         by_id[int(src)]["outputs"][slot]["links"] = ids
@@ -159,7 +163,9 @@ def ui_to_api(ui: dict, object_info: dict) -> dict:
             if name in linked:
                 l = links[linked[name]]
                 inputs[name] = [str(l[1]), l[2]]
-        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+        # as ComfyUI's own "Export (API)" writes it: clients address nodes by this title
+        title = node.get("title") or info.get("display_name") or node["type"]
+        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs, "_meta": {"title": title}}
     return api
 
 
@@ -259,12 +265,13 @@ NOTES = {
                 "overflows in fp16: the Modelsmith VAE Decode retries in bf16/fp32 and reports it.",
     "quantize_and_save": "File: a diffusion model in ComfyUI/models/diffusion_models (here Anima) or a checkpoint. "
                          "Writes fp8 (scaled, loads in ComfyUI 0.3.x and later) or nvfp4 (current ComfyUI) in "
-                         "ComfyUI's native format to ComfyUI/output/checkpoints; the family preset keeps sensitive "
-                         "layers (Anima: blocks.0, blocks.1 AdaLN, final layer, llm_adapter, embedders) in high "
-                         "precision. Load the result with the stock Load Diffusion Model node.",
+                         "ComfyUI's native format where a loader lists it (destination auto): a diffusion model "
+                         "into ComfyUI/models/diffusion_models (load it with Load Diffusion Model), a checkpoint into "
+                         "ComfyUI/models/checkpoints (Load Checkpoint). The family preset keeps sensitive layers "
+                         "(Anima: blocks.0, blocks.1 AdaLN, final layer, llm_adapter, embedders) in high precision.",
     "sdxl_vpred_ztsnr_t2i": "File: ComfyUI/models/checkpoints/ a v-prediction + ZTSNR SDXL model (e.g. NoobAI-XL "
                             "V-Pred). No yaml needed: v_pred/ztsnr markers are read; the sampler forces v+ztsnr for "
-                            "files without them. Recommended: CFG <= 5 (0 = auto 4.5) with CFG rescale 0.7, euler.",
+                            "files without them. Recommended: CFG <= 5 (0 = auto 4.5) with CFG rescale 0.7, euler ancestral (as set here).",
     "prompt_builder_to_sdxl": "File: ComfyUI/models/checkpoints/illustriousXL_v01.safetensors (Illustrious/NoobAI). "
                               "The prompt builder orders and spells tags as the model learned; the negative preset "
                               "comes with it. Recommended: 1024x1024, ~25 steps, CFG 5-7.",
