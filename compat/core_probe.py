@@ -27,14 +27,19 @@ def meta_state_dict(table: dict) -> dict:
 
 
 class _Quiet:
-    """Core logs 'no match' at error level while detecting; a probe is not an error."""
+    """Core's detection logs 'no match' at error level; a probe is not an error. Only records from
+    core's model_detection module are held back, and only while the probe runs (other threads'
+    messages pass as usual)."""
+
+    @staticmethod
+    def filter(record):
+        return record.module != "model_detection"
 
     def __enter__(self):
-        self.level = logging.root.manager.disable
-        logging.disable(logging.ERROR)
+        logging.root.addFilter(self.filter)
 
     def __exit__(self, *exc):
-        logging.disable(self.level)
+        logging.root.removeFilter(self.filter)
 
 
 def core_build(table: dict, metadata: dict | None = None) -> dict:
