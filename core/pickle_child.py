@@ -35,20 +35,6 @@ BASE_AS = 4 << 30  # address space Python + torch need before any tensor (measur
 CPU_SECONDS_BASE, CPU_SECONDS_PER_GB = 60, 30
 OUTPUT_FACTOR = 2  # tensors of a checkpoint may share storages (tied or EMA copies): at most twice the file
 
-# the child program: load this pack from its folder under a private name (the server loads the pack
-# under a path-derived name, the CLI as `modelsmith`; the child needs neither), then run child_main
-_BOOT = r"""
-import importlib.util, os, sys
-here = sys.argv[1]
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
-spec = importlib.util.spec_from_file_location("_modelsmith_child", os.path.join(here, "__init__.py"),
-                                              submodule_search_locations=[here])
-pkg = importlib.util.module_from_spec(spec)
-sys.modules["_modelsmith_child"] = pkg
-spec.loader.exec_module(pkg)
-from _modelsmith_child.core.pickle_child import child_main
-sys.exit(child_main(sys.argv[2:]))
-"""
 _ENV_KEEP = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TMPDIR", "PYTHONPATH", "SYSTEMROOT", "VIRTUAL_ENV")
 
 
@@ -92,7 +78,8 @@ def _run(op: str, path: str, out_dir: str, extra=()):
     if path.startswith(own) and path[len(own):].isdigit():  # a descriptor the caller checked: hand it over
         fds = (int(path[len(own):]),)
         child_path = f"/proc/self/fd/{fds[0]}"
-    cmd = [sys.executable, "-c", _BOOT, PACK_DIR, op, child_path, out_dir, json.dumps(lim), *extra]
+    # the pack's own __main__ starts the child, loading the pack from its folder under a private name
+    cmd = [sys.executable, PACK_DIR, "--pickle-child", op, child_path, out_dir, json.dumps(lim), *extra]
     try:
         r = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, timeout=lim["cpu"] * 2 + 60, cwd=out_dir, pass_fds=fds)
