@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from ..core import registry
 from . import common
 
 
@@ -17,8 +18,7 @@ def cmd_convert(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from ..core.blocks import parse_block_weights
-    from ..core.inspect import inspect_file
+    from ..core.blocks import parse_for_file
     from ..core.merge import Recipe, run_merge
     if args.recipe:
         recipe = Recipe.from_json(common.read_small_text(args.recipe, "recipe"), source=args.recipe)
@@ -32,10 +32,7 @@ def cmd_merge(args) -> int:
             print("modelsmith: merge needs A B [C] OUT", file=sys.stderr)
             return 2
         *inputs, output = args.models
-        blocks = {}
-        if args.blocks:
-            rep = inspect_file(inputs[0])
-            blocks = parse_block_weights(args.blocks, rep["family"], rep.get("details", {}).get("blocks", 28))
+        blocks = parse_for_file(args.blocks, inputs[0]) if args.blocks else {}
         recipe = Recipe(method=args.method, inputs=inputs, alpha=args.alpha, blocks=blocks, density=args.density,
                         drop=args.drop, seed=args.seed, dtype=args.dtype, keep_ztsnr=args.keep_ztsnr)
     out = common.output_path(output, args.keep_name)
@@ -72,7 +69,7 @@ def register(sub) -> None:
     m.add_argument("models", nargs="*", help="A B [C] OUT (C for add_difference, ties, dare)")
     m.add_argument("--method", choices=MERGE_METHODS, default="weighted_sum")
     m.add_argument("--alpha", type=float, default=0.5, help="merge ratio (B's share)")
-    m.add_argument("--blocks", help='block weights: "BASE:0.5,IN00:0.2,..." or one number per block')
+    m.add_argument("--blocks", help='block weights: "BASE:0.5,IN00:0.2,..." (SD1/SDXL), "double_blocks.0:0.3,..." (FLUX: core merge-node names), or one number per block')
     m.add_argument("--density", type=float, default=0.2, help="TIES: fraction of each task vector kept")
     m.add_argument("--drop", type=float, default=0.9, help="DARE: drop probability")
     m.add_argument("--seed", type=int, default=0, help="DARE: random seed")
@@ -90,8 +87,8 @@ def register_quantize(sub) -> None:
     q.add_argument("input")
     q.add_argument("output")
     q.add_argument("--format", choices=["fp8", "nvfp4"], default="fp8")
-    q.add_argument("--preset", choices=["auto", "anima", "sdxl", "none"], default="auto",
-                   help="layers kept in high precision (auto: by the detected family)")
+    q.add_argument("--preset", choices=["auto", *registry.quantize_presets(), "none"], default="auto",
+                   help="layers kept in high precision: a family's (auto: the detected family's), or none")
     q.add_argument("--exclude", help="more layers to keep, comma-separated regular expressions")
     q.add_argument("--overwrite", action="store_true")
     q.add_argument("--keep-name", action="store_true")

@@ -6,7 +6,7 @@ the model object is copied with every parameter and buffer *sharing* storage wit
 eligible linear layers of the copy's denoiser are replaced by `kernels.qlinear.QuantLinear`. Only
 the quantized layers take new memory; they are what a GPU load moves.
 
-Layers kept in high precision: the family preset of core.quantize.PRESETS plus the user's
+Layers kept in high precision: the family's registry record (the same layers as a quantized file) plus the user's
 `exclude` patterns, layers whose in_features do not divide into 16-blocks (nvfp4), and anything
 that is not a 2-D linear weight (convolutions, norms, embeddings).
 
@@ -23,7 +23,8 @@ import comfy.utils
 import torch
 
 from ..core.errors import ModelsmithError
-from ..core.quantize import PRESETS, excluded, parse_exclude, preset_for
+from .family import family_of
+from ..core.quantize import excluded, parse_exclude, preset_for, preset_patterns
 from ..kernels.formats import SCALE_SUFFIXES, logical_columns
 from ..kernels.qlinear import FORMATS, QuantLinear, compute_path
 
@@ -39,20 +40,6 @@ QuantLinear.calculate_weight = staticmethod(_calculate_weight)  # LoRA patches o
 _MODEL_STATE = {"model_loaded_weight_memory": 0, "lowvram_patch_counter": 0, "model_lowvram": False,
                 "current_weight_patches_uuid": None, "model_offload_buffer_memory": 0}
 _MODULE_STATE = ("comfy_patched_weights", "prev_comfy_cast_weights")
-
-
-def family_of(patcher) -> str | None:
-    """Best guess of the family from the loaded model's classes."""
-    model = patcher.model
-    name = type(model).__name__.lower()
-    dit = getattr(model, "diffusion_model", None)
-    if "anima" in name or getattr(dit, "modelsmith_fp32_residual", False) or hasattr(dit, "llm_adapter"):
-        return "anima"
-    if "sdxl" in name:
-        return "sdxl"
-    if name in ("basemodel", "sd21unclip", "sd15_instructpix2pix") or type(dit).__name__ == "UNetModel":
-        return "sd1"
-    return None
 
 
 def core_quant_ops(fmt: str, device):
@@ -217,10 +204,10 @@ def quantized_patcher(patcher, fmt: str, preset: str = "auto", exclude: str = ""
         raise ValueError("this MODEL has no diffusion_model to quantize")
     if any(_is_quantized(m) for m in dit.modules()):
         raise ValueError("this MODEL is already quantized; connect the loader's full-precision MODEL instead")
-    family = family_of(patcher)
+    family = family_of(patcher)[0]
     if preset == "auto":
         preset = preset_for(family)
-    patterns = list(PRESETS.get(preset, [])) if preset not in (None, "none") else []
+    patterns = preset_patterns(preset)
     patterns += parse_exclude(exclude)
     new_model = _copy_sharing_storage(patcher)
     disabled = core_quant_ops(fmt, patcher.load_device) if backend in ("auto", "comfyui") else None

@@ -22,10 +22,8 @@ import comfy.supported_models
 import comfy.supported_models_base
 import comfy.utils
 
+from ..core import registry
 from ..core.families import count_indexed
-
-FAMILY_CONFIG = {"sd1": comfy.supported_models.SD15, "sd2": comfy.supported_models.SD20,
-                 "sdxl": comfy.supported_models.SDXL, "sdxl-refiner": comfy.supported_models.SDXLRefiner}
 
 DEFAULT_VAE = {"ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "z_channels": 4}
 
@@ -62,6 +60,11 @@ class SizedSDXLClip(comfy.sdxl_clip.SDXLClipModel):
                                                  layer_norm_hidden_state=False, return_projected_pooled=True,
                                                  model_options={**model_options, "model_name": "clip_g"})
         self.dtypes = {dtype}
+
+
+def can_build(family: str) -> bool:
+    """Whether this module builds a whole checkpoint of `family` (denoiser, sized CLIP and VAE)."""
+    return clip_target_for(family) is not None
 
 
 def clip_target_for(family: str, l_config=None, g_config=None):
@@ -105,7 +108,7 @@ def make_vae(vae_sd: dict, config: dict | None = None) -> comfy.sd.VAE:
 def build_model(family: str, unet_config: dict, sd: dict | None = None, prefix="model.diffusion_model.",
                 dtype=None, device="cpu"):
     """A ModelPatcher for a UNet family from an explicit config (weights from sd when given)."""
-    cls = FAMILY_CONFIG[family]
+    cls = getattr(comfy.supported_models, registry.get(family).config_classes[0])
     model_config = cls(dict(unet_config))
     load_device = comfy.model_management.get_torch_device()
     params = sum(v.numel() for k, v in (sd or {}).items() if k.startswith(prefix))

@@ -134,7 +134,9 @@ def _check_vae_fits(vae_path, vae_table, report) -> None:
     """A VAE baked into a checkpoint must be the kind its family decodes with (latent channels and
     image/video convs); another family's VAE is refused with one sentence before anything is written."""
     from . import families as fam
-    want, got = fam.CHECKPOINT_VAE.get(report.get("family")), fam.vae_signature(vae_table)
+    from . import registry
+    rec = registry.get(report.get("family"))
+    want, got = rec.vae_signature if rec else None, fam.vae_signature(vae_table)
     if want and got and want != got:
         raise ModelsmithError(f"{os.path.basename(vae_path)} is {a(fam.describe_vae(got))}, but "
                               f"{a(report['family'])} checkpoint decodes with {a(fam.describe_vae(want))}: it would "

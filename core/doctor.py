@@ -21,10 +21,10 @@ import re
 import stat
 import time
 
+from . import registry
 from .errors import ModelsmithError
 from .families import CORE_ANIMA
 from .files import safe_filename, write_new_text
-from .lora import FITS
 
 KINDS = ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras")
 # ComfyUI's legacy folder names that hold the same kinds
@@ -35,11 +35,6 @@ _SUMMARY_KEYS = ("not_opened", "vae_mismatch", "family", "variant", "layout", "p
                  "kind", "components", "warnings", "modelspec", "lora")
 _DETAIL_KEYS = ("blocks", "width", "adapter_blocks", "text_encoder", "core_adapter_fits", "comfyui_loads_whole_since",
                 "extra_modules")
-# ModelSpec architecture ids (reference.md section 7) -> the families they name
-ARCH_FAMILIES = {"stable-diffusion-v1": "sd1", "stable-diffusion-v2-768-v": "sd2", "stable-diffusion-v2-512": "sd2",
-                 "stable-diffusion-xl-v1-base": "sdxl", "stable-diffusion-xl-v1-refiner": "sdxl-refiner",
-                 "stable-diffusion-v3-medium": "sd3", "flux-1-dev": "flux1", "flux-1-schnell": "flux1",
-                 "lumina-2": "lumina2", "anima-preview": "anima"}
 
 
 def file_id(kind: str, rel: str) -> str:
@@ -209,14 +204,14 @@ def problems(entry: dict, ctx: dict) -> list[dict]:
     spec = s.get("modelspec") or {}
     pred = s.get("prediction")
     meta_pred = {"v": "v", "v_prediction": "v", "epsilon": "eps", "eps": "eps"}.get(str(spec.get("prediction_type", "")).lower())
-    if has_denoiser and s.get("family") in ("sdxl", "sd1", "sd2") and meta_pred == "v" and pred == "eps":
+    if has_denoiser and registry.is_unet(s.get("family")) and meta_pred == "v" and pred == "eps":
         out.append(_p("vpred-markers", "its metadata says v-prediction but it has no v_pred marker: ComfyUI samples it "
                       "as eps and the images come out gray or noisy", "markers"))
     elif has_denoiser and meta_pred and pred in ("eps", "v") and meta_pred != pred:
         out.append(_p("markers-contradict", f"its markers say {pred} but its metadata says {meta_pred}"))
     arch = spec.get("architecture")
-    if has_denoiser and arch in ARCH_FAMILIES and ARCH_FAMILIES[arch] != s.get("family") \
-            and not (ARCH_FAMILIES[arch] == "sd2" and s.get("family") == "sd2"):
+    named = registry.from_modelspec(arch) if isinstance(arch, str) else None
+    if has_denoiser and named and named != s.get("family"):
         out.append(_p("metadata-lies", f"its metadata says {arch} but the tensors are {s.get('family')}"))
     place = _misplaced(entry.get("kind"), s)
     if place:
@@ -244,7 +239,7 @@ def problems(entry: dict, ctx: dict) -> list[dict]:
         fits = [m for m in models if _lora_fits(lora, m)]
         if models and not fits:
             out.append(_p("lora-orphan", f"made for {lora.get('targets') or lora.get('family')}; no model here matches it"))
-    if s.get("kind") == "vae" and "sdxl" in name.lower() and "fp16" not in name.lower():
+    if s.get("kind") == "vae" and "sdxl" in name.lower() and "fp16" not in name.lower():  # the SDXL VAE by its name
         out.append(_p("vae-fp16", "the SDXL VAE overflows to NaN in fp16: decode in bf16/fp32 or use "
                       "sdxl-vae-fp16-fix"))
     if entry.get("sha256"):
@@ -280,7 +275,7 @@ def _misplaced(folder: str | None, s: dict) -> str | None:
 
 def _lora_fits(lora, model) -> bool:
     family, blocks = model
-    if family not in FITS.get(lora["family"], (lora["family"],)):
+    if family not in (registry.lora_fits(lora["family"]) or (lora["family"],)):
         return False
     if lora["family"] == "anima" and blocks and lora.get("max_block") is not None:
         return lora["max_block"] < blocks and (not lora.get("anima_depth") or lora["anima_depth"] == blocks)

@@ -1,16 +1,11 @@
-"""The family table: how each checkpoint family is recognised from tensor names and shapes, and
-what settings it wants. Pure data and functions over {name: (dtype, shape)}; no torch."""
+"""Family detection: how each family of core/registry.py is recognised from tensor names and shapes
+(and the Anima, VAE and text-encoder details read from them). Functions over {name: (dtype, shape)};
+no torch. What a family wants (settings, companions, blocks, layers kept) is its registry record."""
 from __future__ import annotations
 
 import re
 
 VAE_PREFIXES = ("first_stage_model.", "vae.")
-
-# The VAE each single-file checkpoint family decodes with: (latent channels, kernel rank of its convs:
-# 4 = an image VAE, 5 = a video VAE such as Wan 2.1 / Qwen-Image). Only checkpoint families bake one in.
-CHECKPOINT_VAE = {"sd1": (4, 4), "sd2": (4, 4), "sdxl": (4, 4), "sdxl-refiner": (4, 4), "sd3": (16, 4),
-                  "sd3.5-medium": (16, 4), "sd3.5-large": (16, 4), "flux1": (16, 4), "flux2": (32, 4),
-                  "qwen-image": (16, 5), "anima": (16, 5), "cosmos-predict2": (16, 5)}
 
 
 def vae_signature(table: dict) -> tuple[int, int] | None:
@@ -30,32 +25,6 @@ def describe_vae(sig) -> str:
     z, rank = sig
     return f"{z}-channel {'video (Wan 2.1 / Qwen-Image style)' if rank == 5 else 'image'} VAE"
 
-
-# Prediction type each flow family always uses.
-FLOW_FAMILIES = {"sd3", "sd3.5-medium", "sd3.5-large", "flux1", "flux2", "qwen-image", "z-image",
-                 "lumina2", "cosmos-predict2", "anima"}
-
-RECOMMENDED = {
-    "sd1": dict(width=512, height=512, steps=25, cfg=7.0, sampler="euler_ancestral", scheduler="normal"),
-    "sd2": dict(width=512, height=512, steps=25, cfg=7.0, sampler="euler", scheduler="normal"),
-    "sd2-768-v": dict(width=768, height=768, steps=25, cfg=7.0, sampler="euler", scheduler="normal"),
-    "sdxl": dict(width=1024, height=1024, steps=25, cfg=6.0, sampler="euler_ancestral", scheduler="normal"),
-    "sdxl-v": dict(width=1024, height=1024, steps=28, cfg=4.5, sampler="euler", scheduler="normal",
-                   cfg_rescale=0.7),
-    "sdxl-refiner": dict(width=1024, height=1024, steps=25, cfg=6.0, sampler="euler", scheduler="normal"),
-    "sd3": dict(width=1024, height=1024, steps=28, cfg=4.5, sampler="dpmpp_2m", scheduler="sgm_uniform", shift=3.0),
-    "sd3.5-medium": dict(width=1024, height=1024, steps=40, cfg=4.5, sampler="euler", scheduler="sgm_uniform", shift=3.0),
-    "sd3.5-large": dict(width=1024, height=1024, steps=28, cfg=4.5, sampler="euler", scheduler="sgm_uniform", shift=3.0),
-    "flux1": dict(width=1024, height=1024, steps=20, cfg=1.0, sampler="euler", scheduler="simple", guidance=3.5),
-    "flux1-schnell": dict(width=1024, height=1024, steps=4, cfg=1.0, sampler="euler", scheduler="simple"),
-    "flux2": dict(width=1024, height=1024, steps=20, cfg=1.0, sampler="euler", scheduler="simple", guidance=4.0),
-    "qwen-image": dict(width=1328, height=1328, steps=20, cfg=2.5, sampler="euler", scheduler="simple", shift=3.1),
-    "z-image": dict(width=1024, height=1024, steps=8, cfg=1.0, sampler="res_multistep", scheduler="simple", shift=3.0),
-    "lumina2": dict(width=1024, height=1024, steps=25, cfg=4.0, sampler="res_multistep", scheduler="simple", shift=6.0),
-    "cosmos-predict2": dict(width=1024, height=1024, steps=35, cfg=4.0, sampler="euler", scheduler="simple", shift=1.0),
-    "anima": dict(width=1024, height=1024, steps=30, cfg=4.0, sampler="er_sde", scheduler="simple", shift=3.0),
-    "unknown": dict(width=1024, height=1024, steps=25, cfg=5.0, sampler="euler", scheduler="normal"),
-}
 
 def count_indexed(keys, stem):
     """How many consecutive blocks `stem.N.` exist (max index + 1)."""
@@ -136,7 +105,10 @@ def _detect_family(d: dict, layout: str):
     if "cap_embedder.1.weight" in d and "noise_refiner.0.attention.k_norm.weight" in d:
         dim = d["cap_embedder.1.weight"][1][0]
         info["dim"] = dim
-        return ("z-image" if dim >= 3072 else "lumina2"), None, info
+        info["layers"] = count_indexed(d, "layers")
+        # Z-Image's modulation is a bare Linear (`adaLN_modulation.0`); Lumina 2's has a SiLU before it
+        zimage = "layers.0.adaLN_modulation.0.weight" in d or ("layers.0.adaLN_modulation.1.weight" not in d and dim >= 3072)
+        return ("z-image" if zimage else "lumina2"), None, info
     if "blocks.0.mlp.layer1.weight" in d:
         width = (_shape(d, "x_embedder.proj.1.weight") or (0,))[0]
         blocks = count_indexed(d, "blocks")
@@ -301,22 +273,3 @@ def text_encoders_in(heads: set) -> list[str]:
     """Text encoders baked into a single-file checkpoint, from its prefix_set(), in a fixed order."""
     found = {enc for prefix, enc in TEXT_ENCODER_PREFIXES if prefix in heads}
     return [e for e in ("clip-l", "clip-h", "clip-g", "t5xxl", "qwen3-0.6b") if e in found]
-
-
-# What each family needs beside the denoiser, for the "missing" warnings.
-NEEDS = {
-    "sd1": (["clip-l"], "an SD1 VAE (vae-ft-mse-840000-ema-pruned)"),
-    "sd2": (["clip-h"], "an SD VAE"),
-    "sdxl": (["clip-l", "clip-g"], "sdxl_vae.safetensors (or sdxl-vae-fp16-fix for fp16)"),
-    "sdxl-refiner": (["clip-g"], "sdxl_vae.safetensors"),
-    "sd3": (["clip-l", "clip-g", "t5xxl"], "the SD3 VAE"),
-    "sd3.5-medium": (["clip-l", "clip-g", "t5xxl"], "the SD3 VAE"),
-    "sd3.5-large": (["clip-l", "clip-g", "t5xxl"], "the SD3 VAE"),
-    "flux1": (["clip-l", "t5xxl"], "ae.safetensors (FLUX VAE)"),
-    "flux2": (["mistral-3-small or qwen3 (klein)"], "the FLUX.2 VAE"),
-    "qwen-image": (["qwen2.5-vl-7b"], "qwen_image_vae.safetensors"),
-    "z-image": (["qwen3-4b"], "ae.safetensors (FLUX VAE)"),
-    "lumina2": (["gemma-2-2b"], "ae.safetensors (FLUX VAE)"),
-    "cosmos-predict2": (["t5xxl (old)"], "wan_2.1_vae.safetensors"),
-    "anima": (["qwen3-0.6b"], "qwen_image_vae.safetensors"),
-}

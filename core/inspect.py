@@ -10,6 +10,7 @@ import math
 import os
 
 from . import families as fam
+from . import registry
 from .errors import ModelsmithError, a
 from .families import CORE_ANIMA
 from ..kernels.formats import FP8_FORMATS, QUANT_FORMATS, SCALE_SUFFIXES, logical_columns, nf4_aux_keys, nf4_weights
@@ -144,7 +145,7 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
         layout, prefix = None, None
     report = {"family": "unknown", "variant": None, "layout": layout, "components": {},
               "precision": None, "prediction": None, "ztsnr": False, "ema": False, "params": 0,
-              "recommended": dict(fam.RECOMMENDED["unknown"]), "warnings": warnings}
+              "recommended": registry.settings(None), "warnings": warnings}
     den = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)} if prefix is not None else {}
     if prefix == "" and layout is not None:
         den = {k: v for k, v in tensors.items() if not k.startswith(fam.VAE_PREFIXES + ("text_encoders.", "conditioner.", "cond_stage_model."))}
@@ -156,7 +157,8 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
     report["family"], report["variant"] = family, variant
     report["details"] = details
     if vae and den:
-        want, got = fam.CHECKPOINT_VAE.get(family), fam.vae_signature(tensors)
+        rec = registry.get(family)
+        want, got = rec.vae_signature if rec else None, fam.vae_signature(tensors)
         if want and got and want != got:
             report["vae_mismatch"] = True
             warnings.append(f"Its baked-in VAE is {a(fam.describe_vae(got))}, but {a(family)} model decodes with "
@@ -199,9 +201,10 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
 
     # prediction
     pred = None
-    if family in fam.FLOW_FAMILIES:
+    rec = registry.get(family)
+    if rec and rec.prediction == "flow":
         pred = "flow"
-    elif family in ("sd1", "sd2", "sdxl", "sdxl-refiner"):
+    elif rec and rec.prediction == "eps":
         if "edm_vpred.sigma_max" in tensors:
             pred = "v-edm"
         elif "edm_mean" in tensors or "edm_std" in tensors:
@@ -217,15 +220,8 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
     report["ema"] = "model_ema." in heads and any(
         k.startswith("model_ema.") and k not in ("model_ema.decay", "model_ema.num_updates") for k in names)
 
-    # recommended settings
-    key = family
-    if family == "sd2" and pred == "v":
-        key = "sd2-768-v"
-    elif family == "sdxl" and pred in ("v", "v-edm"):
-        key = "sdxl-v"
-    elif family == "flux1" and variant == "schnell":
-        key = "flux1-schnell"
-    report["recommended"] = dict(fam.RECOMMENDED.get(key, fam.RECOMMENDED["unknown"]))
+    # recommended settings: the record's, with the variant's (v-prediction, schnell, ...) over them
+    report["recommended"] = registry.settings(family, variant, pred)
 
     # ModelSpec metadata: reported, never trusted over tensors
     spec = {k[len("modelspec."):]: v for k, v in metadata.items() if k.startswith("modelspec.")}
@@ -268,7 +264,8 @@ def _warn(report, tensors, source):
     if source == "pickle":
         w.append("This is a pickle file (.ckpt/.pt): loading it in other tools can run code hidden in it. "
                  "Modelsmith reads it only through an allowlist; convert it to .safetensors.")
-    if fam_ in ("sdxl", "sdxl-refiner"):
+    rec = registry.get(fam_)
+    if rec and rec.vae_fp16_overflow:
         w.append("The SDXL VAE overflows to NaN in fp16: decode in bf16/fp32 or use sdxl-vae-fp16-fix "
                  "(ModelsmithVAEDecode retries automatically).")
     if report["ztsnr"]:
@@ -282,18 +279,18 @@ def _warn(report, tensors, source):
         w.append("No .yaml file is needed: the prediction type is detected from the weights.")
     if report["layout"] == "checkpoint" and comps["denoiser"]:
         if not comps["vae"]:
-            need = fam.NEEDS.get(fam_, (None, "a VAE"))[1]
+            need = rec.vae if rec else "a VAE"
             w.append(f"No VAE in this file: load {need} with a VAE loader.")
         if not comps["text_encoders"]:
             w.append("No text encoder in this file: load the family's text encoder(s) separately.")
-    elif report["layout"] in ("diffusion-model", "diffusers") and fam_ in fam.NEEDS:
-        encs, vae = fam.NEEDS[fam_]
-        if fam_ == "anima":
-            encs = [report["details"].get("text_encoder") or encs[0]]
+    elif report["layout"] in ("diffusion-model", "diffusers") and rec:
+        encs, vae = list(rec.text_encoders), rec.vae
+        if report["details"].get("text_encoder"):  # read from the file (Anima's adapter input width)
+            encs = [report["details"]["text_encoder"]]
         w.append(f"Denoiser only: also load text encoder(s) {', '.join(encs)} and {vae}.")
     if fam_ == "anima":
         _warn_anima(report["details"], w)
-    if report["precision"] == "fp16" and fam_ in ("anima", "cosmos-predict2"):
+    if report["precision"] == "fp16" and rec and rec.fp16_overflow:
         w.append("The Cosmos/Anima residual stream overflows fp16: run it through ModelsmithModelComputeDtype "
                  "fp16 (fp32 residual) or in bf16.")
     nf4 = len(nf4_weights(tensors))
@@ -330,7 +327,7 @@ def pickle_not_opened(path: str) -> dict:
     prescan(path)  # refuses a malicious or bomb-shaped file with a sentence; executes nothing
     return {"family": "unknown", "variant": None, "layout": None, "kind": "pickle", "components": {},
             "precision": None, "prediction": None, "ztsnr": False, "ema": False, "params": 0,
-            "recommended": dict(fam.RECOMMENDED["unknown"]), "not_opened": True,
+            "recommended": registry.settings(None), "not_opened": True,
             "warnings": ["A pickle checkpoint, not opened: a folder scan never unpickles. Inspect this file alone "
                          "(read in a limited child process) or convert it to safetensors."],
             "file": {"path": path, "format": "pickle", "size": os.path.getsize(path)}}

@@ -17,6 +17,7 @@ import re
 from collections import Counter
 
 from . import families as fam
+from . import registry
 
 # suffix -> (algorithm, role); role "down" carries the rank in its first dimension
 _SUFFIXES = {
@@ -124,20 +125,16 @@ def analyse(tensors: dict, values=None) -> dict | None:
     return out
 
 
-# LoRA family (from its names) -> the model families it can be for
-FITS = {"anima": ("anima", "cosmos-predict2"), "sd1/sdxl": ("sd1", "sd2", "sdxl", "sdxl-refiner"),
-         "flux": ("flux1", "flux2"), "sd3": ("sd3", "sd3.5-medium", "sd3.5-large")}
-
-
 def fit(lora: dict, model_family: str, model_blocks: int | None, unmatched: int = 0, total: int = 0) -> list[str]:
     """Warnings for applying a LoRA (analyse()'s result) to a model of this family and depth;
     `unmatched` of `total` LoRA modules found no layer in the model."""
     w = []
     lf = lora.get("family")
-    if lf in FITS:
-        if model_family not in FITS[lf]:
+    fits = registry.lora_fits(lf) if lf else ()
+    if fits:
+        if model_family not in fits:
             w.append(f"This LoRA is for {lf} models but the model is {model_family}: it does not apply.")
-    if lf == "anima" and model_family in ("anima", "cosmos-predict2") and model_blocks:
+    if lf == "anima" and model_family in fits and model_blocks:
         depth = lora.get("max_block")
         depth = depth + 1 if depth is not None else 0
         if depth > model_blocks:

@@ -213,13 +213,20 @@ def run_merge(recipe: Recipe, output: str, *, overwrite=False, progress=None, me
     if len({p for p, _ in preds}) > 1:
         warnings.append(f"The inputs disagree on prediction ({', '.join(str(p) for p, _ in preds)}); the output "
                         f"keeps A's markers.")
+    readers = [Reader(p) for p in recipe.inputs]
     if recipe.blocks:
-        n_blocks = reports[0].get("details", {}).get("blocks", 28)
-        names = set(blk.block_names(family, n_blocks))
+        try:
+            names = set(blk.block_names(family, readers[0].keys()))
+        except ModelsmithError:
+            for r in readers:
+                r.close()
+            raise
+        recipe.blocks = {blk.canonical(k, family): v for k, v in recipe.blocks.items()}
         unknown = set(recipe.blocks) - names
         if unknown:
-            raise ModelsmithError(f"unknown block names for {family}: {', '.join(sorted(unknown))}")
-    readers = [Reader(p) for p in recipe.inputs]
+            for r in readers:
+                r.close()
+            raise ModelsmithError(f"unknown block names for this {family} model: {', '.join(sorted(unknown))}")
     try:
         ra, rb = readers[0], readers[1]
         rc = readers[2] if len(readers) > 2 else None

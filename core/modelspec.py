@@ -3,24 +3,14 @@ from __future__ import annotations
 
 import datetime
 
-ARCHITECTURE = {
-    "sd1": "stable-diffusion-v1", "sd2": "stable-diffusion-v2-512", "sdxl": "stable-diffusion-xl-v1-base",
-    "sdxl-refiner": "stable-diffusion-xl-v1-refiner", "sd3": "stable-diffusion-v3-medium",
-    "sd3.5-medium": "stable-diffusion-v3.5-medium", "sd3.5-large": "stable-diffusion-v3.5-large",
-    "flux1": "flux-1-dev", "lumina2": "lumina-2", "anima": "anima-preview",
-}
-
+from . import registry
 
 STABILITY_IMPL = "https://github.com/Stability-AI/generative-models"
 
 
 def modelspec_for(report: dict, *, title: str, merged_from=None, description=None) -> dict:
     family, pred = report.get("family"), report.get("prediction")
-    arch = ARCHITECTURE.get(family, family or "unknown")
-    if family == "sd2" and pred == "v":
-        arch = "stable-diffusion-v2-768-v"
-    if family == "flux1" and report.get("variant") == "schnell":
-        arch = "flux-1-schnell"
+    arch = registry.modelspec_architecture(family, report.get("variant"), pred)
     rec = report.get("recommended") or {}
     meta = {
         "modelspec.sai_model_spec": "1.0.0",

@@ -6,28 +6,18 @@ per-tensor scale) and `<layer>.comfy_quant` (uint8 UTF-8 JSON {"format": ...}), 
 reads them; plus the `_quantization_metadata` header that ComfyUI 0.3.x reads, listing the fp8
 layers (0.3.x knows only float8_e4m3fn, so nvfp4 files need a current ComfyUI).
 
-Sensitive layers stay in high precision by preset (reference.md sections 4 and 5)."""
+Sensitive layers stay in high precision by preset: the family's registry record (core/registry.py)."""
 from __future__ import annotations
 
 import functools
 import json
 import re
 
-from . import linear_re
+from . import linear_re, registry
 from .errors import ModelsmithError
 
-PRESETS = {
-    # Anima community preset: first block, block 1's AdaLN, final layer, adapter, embedders
-    "anima": [r"(^|\.)blocks\.0\.", r"(^|\.)blocks\.1\.adaln_modulation", r"(^|\.)final_layer\.", r"(^|\.)llm_adapter\.",
-              r"(^|\.)t_embedder\.", r"(^|\.)x_embedder\.", r"(^|\.)t_embedding_norm"],
-    # SDXL / SD1: in/out convs, time and label embeddings, norms
-    "sdxl": [r"(^|\.)input_blocks\.0\.", r"(^|\.)out\.", r"(^|\.)time_embed\.", r"(^|\.)label_emb\.", r"norm"],
-}
-PRESETS["sd1"] = PRESETS["sdxl"]
-# nvfp4 files store weights packed two per byte, so a layer's stored shape is half its logical width.
-# ComfyUI's UNet detection reads the text-context width from `attn2.to_k` (and shapes `to_v` alike):
-# in nvfp4 files these stay in high precision, or core would build the wrong model.
-NVFP4_FILE_KEEP = {"sdxl": [r"(^|\.)attn2\.to_[kv]$"]}
+# One preset per family: the layers its registry record keeps in high precision (core/registry.py)
+PRESETS = {f.id: list(f.keep_high) for f in registry.FAMILIES}
 FORMATS = {"fp8": "float8_e4m3fn", "nvfp4": "nvfp4"}
 
 
@@ -37,12 +27,15 @@ NOT_LINEAR = re.compile(r"(^|\.)(embed|embedding|embeddings|embed_tokens|token_e
 
 
 def preset_for(family: str | None) -> str | None:
-    """The preset `auto` picks for a model family (None: quantize every eligible layer)."""
-    if family in ("anima", "cosmos-predict2"):
-        return "anima"
-    if family in ("sdxl", "sd1", "sd2", "sdxl-refiner"):
-        return "sdxl"
-    return None
+    """The preset `auto` picks for a model family: its own record (None: unknown family, every
+    eligible layer quantized)."""
+    return family if registry.get(family) else None
+
+
+def preset_patterns(preset: str | None) -> list[str]:
+    """The keep-in-high-precision patterns of a preset (a family id; none or None: no layer)."""
+    rec = registry.get(preset) if preset not in (None, "none") else None
+    return list(rec.keep_high) if rec else []
 
 
 MAX_PATTERN_CHARS = 200
@@ -127,9 +120,12 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
     family = report["family"]
     if preset == "auto":
         preset = preset_for(family)
-    patterns = list(PRESETS.get(preset, [])) + parse_exclude(exclude)
-    if fmt == "nvfp4" and family in ("sd1", "sd2", "sdxl", "sdxl-refiner"):
-        patterns += NVFP4_FILE_KEEP["sdxl"]
+    elif preset not in (None, "none") and not registry.get(preset):
+        raise ModelsmithError(f"unknown preset {preset!r}; choose auto, none or a family: {', '.join(registry.IDS)}")
+    patterns = preset_patterns(preset) + parse_exclude(exclude)
+    rec = registry.get(family)
+    if fmt == "nvfp4" and rec:  # the file must still be detected as what it is: the layers core's detection reads stay
+        patterns += list(rec.keep_high_nvfp4_file)
     from .families import find_denoiser
     with Reader(src) as r:
         table = {k: (t.dtype, t.shape) for k, t in r.header.tensors.items()}

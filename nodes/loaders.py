@@ -10,7 +10,9 @@ import comfy.model_detection
 import comfy.sd
 import folder_paths
 
+from ..compat import sized
 from ..core import inspect as core_inspect
+from ..core import registry
 from ..core.report import format_report
 from ..core.errors import ModelsmithError, a
 from . import common
@@ -65,9 +67,8 @@ def load_checkpoint_file(path: str, report: dict | None = None):
         out = comfy.sd.load_state_dict_guess_config(sd, output_vae=True, output_clip=True,
                                                     embedding_directory=emb, metadata=metadata)
         model, clip, vae = out[0], out[1], out[2]
-    elif report["family"] in ("sd1", "sdxl"):
-        from ..compat.sized import load_unet_checkpoint
-        model, clip, vae = load_unet_checkpoint(sd, report["family"], embedding_directory=emb)
+    elif sized.can_build(report["family"]):
+        model, clip, vae = sized.load_unet_checkpoint(sd, report["family"], embedding_directory=emb)
     else:
         raise ModelsmithError(f"{os.path.basename(path)}: ComfyUI cannot build a model for this "
                               f"{report['family']} file (unrecognised configuration).")
@@ -112,7 +113,7 @@ class ModelsmithCheckpointLoader:
         model, clip, vae, report = load_checkpoint_file(path, rep)
         pred, ztsnr = resolve_prediction(report, prediction)
         family = report["family"]
-        if family in ("sd1", "sd2", "sdxl", "sdxl-refiner") and report.get("prediction") in ("eps", "v", None):
+        if registry.is_unet(family) and report.get("prediction") in ("eps", "v", None):
             model = apply_prediction(model, pred, ztsnr)
         settings = common.settings_from_report(report, pred, ztsnr)
         if prediction != "auto" and (pred, ztsnr) != (report.get("prediction"), report.get("ztsnr")):

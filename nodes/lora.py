@@ -19,21 +19,7 @@ from ..core.errors import ModelsmithError
 
 log = logging.getLogger("modelsmith")
 
-# ComfyUI model classes -> the pack's family ids
-_MODEL_FAMILIES = {"SD15": "sd1", "SD20": "sd2", "SDXL": "sdxl", "SDXLRefiner": "sdxl-refiner", "SD3": "sd3",
-                   "Flux": "flux1", "Flux2": "flux2", "QwenImage": "qwen-image", "Lumina2": "lumina2",
-                   "CosmosPredict2": "cosmos-predict2", "Anima": "anima", "AnimaConfig": "anima"}
-
-
-def model_family(model) -> tuple[str, int | None]:
-    """(family, DiT block count or None) of a ComfyUI MODEL."""
-    base = model.model
-    dit = getattr(base, "diffusion_model", None)
-    blocks = len(dit.blocks) if dit is not None and hasattr(dit, "blocks") and hasattr(dit, "final_layer") else None
-    if dit is not None and hasattr(dit, "llm_adapter"):
-        return "anima", blocks
-    name = type(getattr(base, "model_config", None)).__name__
-    return _MODEL_FAMILIES.get(name, name.lower() or "unknown"), blocks
+from ..compat.family import family_of as model_family  # noqa: E402  (the one runtime mapping)
 
 
 def read_lora(path: str) -> dict:

@@ -6,7 +6,7 @@ import os
 import comfy.utils
 import folder_paths
 
-from ..core.blocks import parse_block_weights
+from ..core.blocks import parse_for_file
 from ..core.convert import run_convert
 from ..core.errors import ModelsmithError
 from ..core.files import safe_filename
@@ -89,7 +89,9 @@ class ModelsmithMergeCheckpoints:
             "method": (sorted(METHODS), {"default": "weighted_sum"}),
             "alpha": ("FLOAT", {"default": 0.5, "min": -1.0, "max": 2.0, "step": 0.01, "tooltip": "B's share (M)."}),
             "block_weights": ("STRING", {"default": "", "multiline": True, "tooltip":
-                              "Optional: 'BASE:0.5,IN00:0.2,...' or one number per block (SD1 26, SDXL 21)."}),
+                              "Optional: 'BASE:0.5,IN00:0.2,...' (SD1 26, SDXL 21 names), core's merge-node names for DiT "
+                              "families ('double_blocks.0:0.3' FLUX, 'joint_blocks.0' SD3, 'layers.0' Lumina/Z-Image, "
+                              "'blocks.0' Cosmos/Anima), or one number per block; a wrong name lists them all."}),
             "density": ("FLOAT", {"default": 0.2, "min": 0.01, "max": 1.0, "step": 0.01, "tooltip": "TIES: share kept."}),
             "drop": ("FLOAT", {"default": 0.9, "min": 0.0, "max": 0.99, "step": 0.01, "tooltip": "DARE: drop probability."}),
             "dtype": (["same as A", "fp16", "bf16", "fp32"], {"default": "same as A", "tooltip":
@@ -109,13 +111,10 @@ class ModelsmithMergeCheckpoints:
         paths = [folder_paths.get_full_path_or_raise("checkpoints", n) for n in (model_a, model_b)]
         if model_c != "none":
             paths.append(folder_paths.get_full_path_or_raise("checkpoints", model_c))
-        blocks = {}
-        if block_weights.strip():
-            rep = inspect_file(paths[0])
-            try:
-                blocks = parse_block_weights(block_weights, rep["family"], rep.get("details", {}).get("blocks", 28))
-            except ValueError as e:
-                raise ModelsmithError(str(e)) from None
+        try:
+            blocks = parse_for_file(block_weights, paths[0])
+        except ValueError as e:
+            raise ModelsmithError(str(e)) from None
         recipe = Recipe(method=method, inputs=paths, alpha=alpha, blocks=blocks, density=density, drop=drop, seed=dare_seed,
                         dtype=None if dtype == "same as A" else dtype)
         out = output_path(output_name, destination, overwrite=overwrite, companions=(".recipe.json",))

@@ -6,7 +6,7 @@ import folder_paths
 import torch
 
 from ..core.errors import ModelsmithError
-from ..core.quantize import PRESETS
+from ..core import registry
 from ..core.quantize import run_quantize
 from ..core.inspect import inspect_file
 from .model_tools import DESTINATIONS, _progress_bar, output_path
@@ -77,7 +77,8 @@ class ModelsmithSaveQuantized:
         return {"required": {
             "model_file": (files or ["(no model files found)"],),
             "format": (["fp8", "nvfp4"], {"default": "fp8", "tooltip": "nvfp4 files need a current ComfyUI."}),
-            "preset": (["auto", "anima", "sdxl", "none"], {"default": "auto"}),
+            "preset": (["auto", *registry.quantize_presets(), "none"], {"default": "auto", "tooltip":
+                       "Layers kept in high precision: a family's (auto: the file's own family), or none."}),
             "exclude": ("STRING", {"default": "", "tooltip": "More layers to keep in high precision (comma-separated regex)."}),
             "output_name": ("STRING", {"default": "quantized"}),
             "destination": (QUANT_DESTINATIONS, {"default": "auto", "tooltip":
@@ -153,8 +154,9 @@ class ModelsmithModelComputeDtype:
         return {"required": {
             "model": ("MODEL",),
             "dtype": (["auto", *COMPUTE_DTYPES, *QUANT_DTYPES], {"default": "auto"}),
-            "preset": (["auto", *sorted(k for k in PRESETS if k != "sd1"), "none"], {
-                "default": "auto", "tooltip": "Layers kept in high precision for fp8/nvfp4 (auto: by model family)."}),
+            "preset": (["auto", *registry.quantize_presets(), "none"], {
+                "default": "auto", "tooltip": "Layers kept in high precision for fp8/nvfp4: a family's layers "
+                                              "(auto: the model's own family), or none."}),
             "exclude": ("STRING", {"default": "", "tooltip": "More layers to keep in high precision for fp8/nvfp4 "
                                                              "(comma-separated regular expressions on layer names)."}),
             "fp16_accumulation": ("BOOLEAN", {"default": False, "tooltip": "cuBLAS fp16 accumulation in matmuls "
@@ -167,7 +169,8 @@ class ModelsmithModelComputeDtype:
         }}
 
     def apply(self, model, dtype="auto", preset="auto", exclude="", fp16_accumulation=False, backend="auto"):
-        from ..compat.quantized import family_of, quantized_patcher
+        from ..compat.family import family_of
+        from ..compat.quantized import quantized_patcher
         lines = []
         if dtype in QUANT_DTYPES:
             try:
@@ -185,10 +188,11 @@ class ModelsmithModelComputeDtype:
             if dtype in COMPUTE_DTYPES:
                 m.set_model_compute_dtype(COMPUTE_DTYPES[dtype])
                 note = ""
-                if dtype == "fp16" and family_of(model) == "anima":
+                rec = registry.get(family_of(model)[0])
+                if dtype == "fp16" and rec and rec.fp16_overflow:
                     dit = model.model.diffusion_model
-                    note = (" (Anima: residual stream kept in fp32 by Modelsmith)"
-                            if getattr(dit, "modelsmith_fp32_residual", False) else " (Anima: ComfyUI's own fp16 handling)")
+                    note = (f" ({rec.label}: residual stream kept in fp32 by Modelsmith)"
+                            if getattr(dit, "modelsmith_fp32_residual", False) else f" ({rec.label}: ComfyUI's own fp16 handling)")
                 if _core_has_model_compute_dtype():
                     note += " (what core Model Compute Dtype does, which this ComfyUI has)"
                 lines.append(f"compute dtype {dtype}{note}")

@@ -6,14 +6,19 @@ import comfy.samplers
 import nodes as comfy_nodes  # ComfyUI's own nodes.py (common_ksampler)
 import torch
 
-from ..core import resolution
+from ..compat.family import family_of
+from ..core import registry, resolution
 from ..core.errors import a
 from ..core.schedules import rescale_cfg
 from . import common
 from .sampling_patch import apply_prediction, sampling_of
 
 PREDICTIONS = ["auto", "eps", "v", "v+ztsnr"]
-DEFAULT_CFG = {"eps": 6.0, "v": 5.0, "v+ztsnr": 4.5}
+
+
+def default_cfg(label: str) -> float:
+    """The recommended CFG of SDXL for a prediction label (eps, v, v+ztsnr), from its registry record."""
+    return registry.settings("sdxl", prediction="v" if label.startswith("v") else "eps")["cfg"]
 ZTSNR_MAX_CFG = 7.0
 
 
@@ -107,13 +112,13 @@ class ModelsmithSDXLSampler:
         current = sampling_of(model)
         if current != (pred, ztsnr):
             model = apply_prediction(model, pred, ztsnr)
-        from .lora import model_family
-        family = model_family(model)[0]
-        if family not in ("sdxl", "sdxl-refiner"):
+        family = family_of(model)[0]
+        rec = registry.get(family)
+        if rec is None or rec.pack_sampler != "ModelsmithSDXLSampler":
             warnings.append(f"this is {a(family)} model, not SDXL: the sizes, CFG and schedule here are SDXL's; "
                             f"core's KSampler with the model's own settings fits it better.")
         if cfg <= 0:
-            cfg = DEFAULT_CFG[label]
+            cfg = default_cfg(label)
             warnings.append(f"cfg 0 means the recommended CFG for {label}: ran at {cfg:g}.")
         if ztsnr and cfg > ZTSNR_MAX_CFG:
             warnings.append(f"CFG {cfg} is far above what zero terminal SNR tolerates (<= 5): expect burnt colors.")

@@ -163,10 +163,10 @@ def test_merge_block_list_counts_every_anima_depth(tmp_path):
         t.update({f"net.blocks.{i}.mlp.layer1.weight": ("BF16", [8192, 2048]) for i in range(depth)})
         write_sparse(tmp_path / f"a{depth}.safetensors", t)
         n = inspect_file(tmp_path / f"a{depth}.safetensors")["details"]["blocks"]
-        names = blk.block_names("anima", n)
-        assert n == depth and len(names) == 1 + depth + 6 and names[-1] == "llm_adapter" and f"B{depth - 1:02d}" in names
-        assert blk.block_of(f"net.blocks.{depth - 1}.mlp.layer1.weight", "anima") == f"B{depth - 1:02d}"
+        names = blk.block_names("anima", t)
+        assert n == depth and len(names) == 1 + 1 + depth + 1 and names[-1] == "llm_adapter" and f"blocks.{depth - 1}" in names
+        assert blk.block_of(f"net.blocks.{depth - 1}.mlp.layer1.weight", "anima") == f"blocks.{depth - 1}"
         assert blk.block_of("net.llm_adapter.blocks.3.mlp.0.weight", "anima") == "llm_adapter"
-        assert blk.parse_block_weights(f"B{depth - 1:02d}:0.3,llm_adapter:0", "anima", n) == {f"B{depth - 1:02d}": 0.3, "llm_adapter": 0.0}
+        assert blk.parse_block_weights(f"B{depth - 1:02d}:0.3,llm_adapter:0", "anima", t) == {f"blocks.{depth - 1}": 0.3, "llm_adapter": 0.0}
         with pytest.raises(ValueError, match="unknown block"):
-            blk.parse_block_weights(f"B{depth:02d}:0.3", "anima", n)
+            blk.parse_block_weights(f"B{depth:02d}:0.3", "anima", t)

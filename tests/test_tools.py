@@ -376,14 +376,28 @@ def test_missing_keys_and_shape_mismatch_follow_the_rule(sd1_trio, tmp_path):
 
 
 def test_dit_block_names():
-    assert blk.block_of("net.blocks.3.mlp.layer1.weight", "anima") == "B03"
+    """DiT families take core's merge-node names, counted from the file; the pack's earlier Anima /
+    Cosmos names (B03) are still read as aliases."""
+    assert blk.block_of("net.blocks.3.mlp.layer1.weight", "anima") == "blocks.3"
     assert blk.block_of("net.llm_adapter.blocks.0.cross_attn.q_proj.weight", "anima") == "llm_adapter"
     assert blk.block_of("net.x_embedder.proj.1.weight", "cosmos-predict2") == "x_embedder"
     assert blk.block_of("net.something_else", "anima") == "BASE"
-    names = blk.block_names("anima", 32)
-    assert "B31" in names and "llm_adapter" in names and "llm_adapter" not in blk.block_names("cosmos-predict2")
+    keys = [f"net.blocks.{i}.mlp.layer1.weight" for i in range(32)] + ["net.llm_adapter.embed.weight",
+                                                                        "net.x_embedder.proj.1.weight"]
+    names = blk.block_names("anima", keys)
+    assert names == ["BASE", "x_embedder", *[f"blocks.{i}" for i in range(32)], "llm_adapter"]
+    assert "llm_adapter" not in blk.block_names("cosmos-predict2", keys)
+    assert blk.parse_block_weights("B31:0.5,blocks.0:0.25", "anima", keys) == {"blocks.31": 0.5, "blocks.0": 0.25}
     assert blk.block_of("first_stage_model.decoder.conv_in.weight", "sdxl") == "VAE"
     assert blk.block_of("model.diffusion_model.time_embed.0.weight", "sdxl") == "BASE"
+    assert blk.block_of("input_blocks.4.1.proj_in.weight", "sdxl") == "IN04"  # a diffusion-model file: no prefix
+    flux = ["img_in.weight", "double_blocks.0.img_attn.qkv.weight", "double_blocks.1.img_attn.qkv.weight",
+            "single_blocks.0.linear1.weight", "final_layer.linear.weight", "txt_in.weight"]
+    assert blk.block_names("flux1", flux) == ["BASE", "img_in", "txt_in", "double_blocks.0", "double_blocks.1",
+                                              "single_blocks.0", "final_layer"]
+    assert blk.block_of("double_blocks.10.img_mod.lin.weight", "flux1") == "double_blocks.10"
+    with pytest.raises(ValueError, match="unknown block 'double_blocks.2'"):
+        blk.parse_block_weights("double_blocks.2:0.5", "flux1", flux)
 
 
 def test_convert_bakes_in_a_vae(sd1_with_ema, tmp_path):

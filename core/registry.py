@@ -1,0 +1,241 @@
+"""The family registry: one record per model family, holding everything the pack knows about it.
+
+Inspection (core/inspect.py), both loaders, both samplers, merge (core/blocks.py), quantize (file and
+run time), the LoRA check and the Model Doctor read these records; no other module keeps a table
+keyed by family. How a family is recognised from its tensors is core/families.py (code over the
+`signature` keys named here); what a loaded ComfyUI model is, is `for_config` below (compat/family.py
+hands it the runtime's config object). A new family is one record here plus its tests.
+
+Facts are those of the models' official ComfyUI templates and releases (settings), ComfyUI's
+`comfy_extras/nodes_model_merging_model_specific.py` (block names) and current practice for
+quantized releases (keep-in-high-precision layers: input and output projections, embedders,
+modulation, norms, final layers). No torch, no ComfyUI."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+# A layer whose name holds a norm: kept in high precision by every family's preset.
+NORM = r"norm"
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Block-weight names of a family. `unet`: the seed guide's BASE, IN00.., M00, OUT00.. (+VAE for
+    SDXL) over `levels` input/output levels. Otherwise core's model-specific merge node names: `head`
+    parts, one name per index of each `indexed` stem (counted from the file, so depth variants get
+    their own count), then `tail` parts. Everything else is BASE."""
+    unet_levels: int = 0
+    vae: bool = False
+    head: tuple = ()
+    indexed: tuple = ()
+    tail: tuple = ()
+    aliases: tuple = ()   # (regex on a name, replacement): older names still accepted in recipes
+
+
+@dataclass(frozen=True)
+class Family:
+    id: str
+    label: str
+    signature: tuple            # denoiser keys (prefix stripped) that mark the architecture
+    prediction: str             # "flow", or "eps" for UNets (eps / v / edm then read from markers)
+    settings: dict              # recommended: size, steps, cfg, sampler, scheduler, shift / guidance
+    text_encoders: tuple        # what the denoiser needs beside it
+    vae: str                    # the VAE it decodes with, in words
+    vae_signature: tuple        # (latent channels, conv kernel rank) of that VAE
+    size_multiple: int
+    modelspec: str              # ModelSpec architecture id
+    blocks: Blocks
+    keep_high: tuple            # regexes on layer names kept in high precision when quantizing
+    config_classes: tuple       # ComfyUI supported_models class names; the first builds the family
+    config_match: dict = field(default_factory=dict)  # unet_config values that pick this record among those
+    variants: dict = field(default_factory=dict)      # variant key -> {"settings": {...}, "modelspec": ...}
+    lora_style: str | None = None   # the LoRA key family (core/lora.py) that fits it
+    keep_high_nvfp4_file: tuple = ()  # more layers kept when writing nvfp4 files (core's detection reads them)
+    fp16_overflow: bool = False       # the residual stream overflows fp16
+    vae_fp16_overflow: bool = False   # its VAE decodes to NaN in fp16 (the SDXL VAE)
+    core_merge_node: str | None = None  # core's model-specific merge node, where it has one
+    pack_sampler: str | None = None     # the pack's sampler node made for it
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae_signature[0]
+
+
+_UNET_KEEP = (r"(^|\.)input_blocks\.0\.", r"(^|\.)out\.", r"(^|\.)time_embed\.", r"(^|\.)label_emb\.", NORM)
+_UNET_NVFP4 = (r"(^|\.)attn2\.to_[kv]$",)
+_SD_SIG = ("input_blocks.0.0.weight", "conv_in.weight")
+_MMDIT_SIG = ("joint_blocks.0.context_block.attn.qkv.weight", "joint_blocks.0.x_block.attn.qkv.weight")
+_MMDIT_BLOCKS = Blocks(head=("pos_embed", "x_embedder", "context_embedder", "y_embedder", "t_embedder"),
+                       indexed=("joint_blocks",), tail=("final_layer",))
+_MMDIT_KEEP = (r"(^|\.)(pos_embed|x_embedder|context_embedder|y_embedder|t_embedder|final_layer)\.",
+               r"adaLN_modulation")
+_SD3 = dict(settings=dict(width=1024, height=1024, steps=28, cfg=4.5, sampler="euler", scheduler="sgm_uniform", shift=3.0),
+            text_encoders=("clip-l", "clip-g", "t5xxl"), vae="the SD3 VAE (16-channel)", vae_signature=(16, 4),
+            size_multiple=16, blocks=_MMDIT_BLOCKS, keep_high=_MMDIT_KEEP, config_classes=("SD3",),
+            signature=_MMDIT_SIG, prediction="flow", lora_style="sd3")
+_NEXTDIT_BLOCKS = Blocks(head=("x_embedder", "t_embedder", "cap_embedder", "siglip_embedder"),
+                         indexed=("noise_refiner", "context_refiner", "siglip_refiner", "layers"),
+                         tail=("norm_final", "final_layer"))
+_NEXTDIT_KEEP = (r"(^|\.)(x_embedder|t_embedder|cap_embedder|siglip_embedder|final_layer)\.", r"adaLN_modulation", NORM)
+_NEXTDIT_SIG = ("cap_embedder.1.weight",)
+_COSMOS_HEAD = ("pos_embedder", "extra_pos_embedder", "x_embedder", "t_embedder", "t_embedding_norm")
+_B_ALIAS = ((r"^B(\d+)$", "blocks.{0}"),)  # the pack's earlier Anima/Cosmos names (B00..) in recipes
+
+FAMILIES: tuple[Family, ...] = (
+    Family("sd1", "SD1", _SD_SIG, "eps",
+           dict(width=512, height=512, steps=25, cfg=7.0, sampler="euler_ancestral", scheduler="normal"),
+           ("clip-l",), "an SD1 VAE (vae-ft-mse-840000-ema-pruned)", (4, 4), 64, "stable-diffusion-v1",
+           Blocks(unet_levels=12), _UNET_KEEP, ("SD15",), lora_style="sd1/sdxl", keep_high_nvfp4_file=_UNET_NVFP4,
+           core_merge_node="ModelMergeSD1"),
+    Family("sd2", "SD2", _SD_SIG, "eps",
+           dict(width=512, height=512, steps=25, cfg=7.0, sampler="euler", scheduler="normal"),
+           ("clip-h",), "an SD VAE", (4, 4), 64, "stable-diffusion-v2-512",
+           Blocks(unet_levels=12), _UNET_KEEP, ("SD20", "SD21UnclipL", "SD21UnclipH"),
+           variants={"v": {"settings": dict(width=768, height=768), "modelspec": "stable-diffusion-v2-768-v"}},
+           lora_style="sd1/sdxl", keep_high_nvfp4_file=_UNET_NVFP4, core_merge_node="ModelMergeSD1"),
+    Family("sdxl", "SDXL", _SD_SIG, "eps",
+           dict(width=1024, height=1024, steps=25, cfg=6.0, sampler="euler_ancestral", scheduler="normal"),
+           ("clip-l", "clip-g"), "sdxl_vae.safetensors (or sdxl-vae-fp16-fix for fp16)", (4, 4), 64,
+           "stable-diffusion-xl-v1-base", Blocks(unet_levels=9, vae=True), _UNET_KEEP, ("SDXL",),
+           # v-prediction (with or without ZTSNR): NoobAI-XL v-pred's card, CFG 4-5 with rescale 0.7
+           variants={"v": {"settings": dict(steps=28, cfg=4.5, sampler="euler", cfg_rescale=0.7)}},
+           lora_style="sd1/sdxl", keep_high_nvfp4_file=_UNET_NVFP4, core_merge_node="ModelMergeSDXL",
+           vae_fp16_overflow=True, pack_sampler="ModelsmithSDXLSampler"),
+    Family("sdxl-refiner", "SDXL refiner", _SD_SIG, "eps",
+           dict(width=1024, height=1024, steps=25, cfg=6.0, sampler="euler", scheduler="normal"),
+           ("clip-g",), "sdxl_vae.safetensors", (4, 4), 64, "stable-diffusion-xl-v1-refiner",
+           Blocks(unet_levels=9, vae=True), _UNET_KEEP, ("SDXLRefiner",), lora_style="sd1/sdxl",
+           keep_high_nvfp4_file=_UNET_NVFP4, vae_fp16_overflow=True, pack_sampler="ModelsmithSDXLSampler"),
+    Family("sd3.5-large", "SD3.5 Large", **dict(_SD3, config_match={"depth": 38}),
+           modelspec="stable-diffusion-v3.5-large", core_merge_node="ModelMergeSD35_Large"),
+    Family("sd3.5-medium", "SD3.5 Medium", **dict(_SD3, config_match={"x_block_self_attn": True},
+                                                  settings=dict(_SD3["settings"], steps=40)),
+           modelspec="stable-diffusion-v3.5-medium", core_merge_node="ModelMergeSD3_2B"),
+    Family("sd3", "SD3 Medium", **dict(_SD3, settings=dict(_SD3["settings"], sampler="dpmpp_2m")),
+           modelspec="stable-diffusion-v3-medium", core_merge_node="ModelMergeSD3_2B"),
+    Family("flux1", "FLUX.1", ("double_blocks.0.img_attn.norm.key_norm.scale", "double_blocks.0.img_attn.norm.key_norm.weight"),
+           "flow", dict(width=1024, height=1024, steps=20, cfg=1.0, sampler="euler", scheduler="simple", guidance=3.5),
+           ("clip-l", "t5xxl"), "ae.safetensors (FLUX VAE)", (16, 4), 16, "flux-1-dev",
+           Blocks(head=("img_in", "time_in", "guidance_in", "vector_in", "txt_in"),
+                  indexed=("double_blocks", "single_blocks"), tail=("final_layer",)),
+           (r"(^|\.)(img_in|txt_in|time_in|vector_in|guidance_in|final_layer)\.", r"_mod\.", r"(^|\.)modulation\.", NORM),
+           ("Flux", "FluxSchnell", "FluxInpaint"),
+           variants={"schnell": {"settings": dict(steps=4, guidance=None), "modelspec": "flux-1-schnell"}},
+           lora_style="flux", core_merge_node="ModelMergeFlux1"),
+    Family("flux2", "FLUX.2", ("double_stream_modulation_img.lin.weight",), "flow",
+           dict(width=1024, height=1024, steps=20, cfg=1.0, sampler="euler", scheduler="simple", guidance=4.0),
+           ("mistral-3-small (dev) or qwen3 (klein)",), "the FLUX.2 VAE (32-channel)", (32, 4), 16, "flux-2-dev",
+           Blocks(head=("img_in", "time_in", "guidance_in", "txt_in", "double_stream_modulation_img",
+                        "double_stream_modulation_txt", "single_stream_modulation"),
+                  indexed=("double_blocks", "single_blocks"), tail=("final_layer",)),
+           (r"(^|\.)(img_in|txt_in|time_in|guidance_in|final_layer)\.", r"(^|\.)(double|single)_stream_modulation", NORM),
+           ("Flux2",), variants={"klein-4b": {"modelspec": "flux-2-klein-4b"}, "klein-9b": {"modelspec": "flux-2-klein-9b"}},
+           lora_style="flux"),
+    Family("qwen-image", "Qwen-Image", ("txt_norm.weight",), "flow",
+           dict(width=1328, height=1328, steps=20, cfg=2.5, sampler="euler", scheduler="simple", shift=3.1),
+           ("qwen2.5-vl-7b",), "qwen_image_vae.safetensors", (16, 5), 16, "qwen-image",
+           Blocks(head=("pos_embeds", "img_in", "txt_norm", "txt_in", "time_text_embed"),
+                  indexed=("transformer_blocks",), tail=("proj_out",)),
+           (r"(^|\.)(img_in|txt_in|time_text_embed|norm_out|proj_out)\.", r"(^|\.)(img|txt)_mod\.", NORM),
+           ("QwenImage",), core_merge_node="ModelMergeQwenImage"),
+    Family("z-image", "Z-Image", ("layers.0.adaLN_modulation.0.weight", "cap_embedder.1.weight"), "flow",
+           dict(width=1024, height=1024, steps=8, cfg=1.0, sampler="res_multistep", scheduler="simple", shift=3.0),
+           ("qwen3-4b",), "ae.safetensors (FLUX VAE)", (16, 4), 16, "z-image-turbo",
+           _NEXTDIT_BLOCKS, _NEXTDIT_KEEP, ("ZImage",)),
+    Family("lumina2", "Lumina-Image 2", _NEXTDIT_SIG, "flow",
+           dict(width=1024, height=1024, steps=25, cfg=4.0, sampler="res_multistep", scheduler="simple", shift=6.0),
+           ("gemma-2-2b",), "ae.safetensors (FLUX VAE)", (16, 4), 16, "lumina-2",
+           _NEXTDIT_BLOCKS, _NEXTDIT_KEEP, ("Lumina2",)),
+    Family("anima", "Anima", ("llm_adapter.blocks.0.cross_attn.q_proj.weight",), "flow",
+           dict(width=1024, height=1024, steps=30, cfg=4.0, sampler="er_sde", scheduler="simple", shift=3.0),
+           ("qwen3-0.6b",), "qwen_image_vae.safetensors", (16, 5), 16, "anima-preview",
+           Blocks(head=("pos_embedder", "x_embedder", "t_embedder", "t_embedding_norm"), indexed=("blocks",),
+                  tail=("final_layer", "llm_adapter"), aliases=_B_ALIAS),
+           # the Anima community preset: first block, block 1's AdaLN, final layer, adapter, embedders
+           (r"(^|\.)blocks\.0\.", r"(^|\.)blocks\.1\.adaln_modulation", r"(^|\.)final_layer\.", r"(^|\.)llm_adapter\.",
+            r"(^|\.)t_embedder\.", r"(^|\.)x_embedder\.", r"(^|\.)t_embedding_norm"),
+           ("Anima", "AnimaConfig"), lora_style="anima", fp16_overflow=True, pack_sampler="ModelsmithAnimaSampler"),
+    Family("cosmos-predict2", "Cosmos-Predict2", ("blocks.0.mlp.layer1.weight",), "flow",
+           dict(width=1024, height=1024, steps=35, cfg=4.0, sampler="euler", scheduler="simple", shift=1.0),
+           ("t5xxl (old)",), "wan_2.1_vae.safetensors", (16, 5), 16, "cosmos-predict2",
+           Blocks(head=_COSMOS_HEAD, indexed=("blocks",), tail=("final_layer",), aliases=_B_ALIAS),
+           # the same DiT as Anima without the adapter: its first block, embedders and final layer
+           (r"(^|\.)blocks\.0\.", r"(^|\.)blocks\.1\.adaln_modulation", r"(^|\.)final_layer\.",
+            r"(^|\.)t_embedder\.", r"(^|\.)x_embedder\.", r"(^|\.)t_embedding_norm"),
+           ("CosmosT2IPredict2", "CosmosI2VPredict2"), lora_style="anima", fp16_overflow=True,
+           core_merge_node="ModelMergeCosmosPredict2_2B"),
+)
+
+BY_ID = {f.id: f for f in FAMILIES}
+IDS = tuple(BY_ID)
+UNKNOWN_SETTINGS = dict(width=1024, height=1024, steps=25, cfg=5.0, sampler="euler", scheduler="normal")
+
+
+def get(family_id: str | None) -> Family | None:
+    return BY_ID.get(family_id or "")
+
+
+def is_unet(family_id: str | None) -> bool:
+    f = get(family_id)
+    return bool(f and f.blocks.unet_levels)
+
+
+def variant_key(family_id, variant=None, prediction=None) -> str | None:
+    """Which of the record's variants applies: v-prediction SD2/SDXL, FLUX.1 schnell, ..."""
+    f = get(family_id)
+    if f is None:
+        return None
+    if prediction in ("v", "v-edm") and "v" in f.variants:
+        return "v"
+    return variant if variant in f.variants else None
+
+
+def settings(family_id, variant=None, prediction=None) -> dict:
+    """The recommended settings (None values removed)."""
+    f = get(family_id)
+    if f is None:
+        return dict(UNKNOWN_SETTINGS)
+    out = dict(f.settings)
+    out.update(f.variants.get(variant_key(family_id, variant, prediction), {}).get("settings", {}))
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def modelspec_architecture(family_id, variant=None, prediction=None) -> str:
+    f = get(family_id)
+    if f is None:
+        return family_id or "unknown"
+    return f.variants.get(variant_key(family_id, variant, prediction), {}).get("modelspec", f.modelspec)
+
+
+def from_modelspec(arch: str) -> str | None:
+    """The family a ModelSpec architecture id names (any variant's id too)."""
+    for f in FAMILIES:
+        if arch == f.modelspec or arch in (v.get("modelspec") for v in f.variants.values()):
+            return f.id
+    return None
+
+
+def for_config(class_names, unet_config: dict | None = None) -> str | None:
+    """The family of a loaded model from its config class and its base classes (most derived first)
+    and its unet_config: the first record listing the most derived class whose config_match holds."""
+    unet_config = unet_config or {}
+    for name in class_names:
+        for f in FAMILIES:
+            if name in f.config_classes and all(unet_config.get(k) == v for k, v in f.config_match.items()):
+                return f.id
+    return None
+
+
+def lora_fits(lora_style: str) -> tuple:
+    """The families a LoRA of this key style applies to."""
+    return tuple(f.id for f in FAMILIES if f.lora_style == lora_style)
+
+
+def quantize_presets() -> list[str]:
+    """The preset names a user can pick: one per family."""
+    return [f.id for f in FAMILIES]
+
+
+def compiled_aliases(f: Family):
+    return [(re.compile(p), r) for p, r in f.blocks.aliases]
