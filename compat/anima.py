@@ -25,6 +25,7 @@ import comfy.supported_models_base
 from comfy.ldm.cosmos.predict2 import MiniTrainDIT
 from comfy.ldm.modules.attention import optimized_attention_masked
 
+from ..core import registry
 from ..core.errors import ModelsmithError
 from ..core.families import count_indexed
 from .fp16_residual import enable_fp32_residual
@@ -97,7 +98,7 @@ class AdapterBlock(nn.Module):
 
 
 class LLMAdapter(nn.Module):
-    def __init__(self, dim=1024, source_dim=1024, layers=6, heads=16, vocab=T5_VOCAB, ops=None, device=None, dtype=None):
+    def __init__(self, dim, source_dim, layers, heads, vocab=T5_VOCAB, ops=None, device=None, dtype=None):
         super().__init__()
         ops = ops or comfy.ops.disable_weight_init
         self.heads = heads
@@ -135,9 +136,9 @@ def adapter_context(adapter, llm_states, t5_ids, t5_weights=None, source_mask=No
 # Denoiser and model
 
 class AnimaDiT(MiniTrainDIT):
-    def __init__(self, *args, adapter=None, **kwargs):
+    def __init__(self, *args, adapter, **kwargs):
         super().__init__(*args, **kwargs)
-        self.llm_adapter = LLMAdapter(**(adapter or {}), ops=kwargs.get("operations"), device=kwargs.get("device"),
+        self.llm_adapter = LLMAdapter(**adapter, ops=kwargs.get("operations"), device=kwargs.get("device"),
                                       dtype=kwargs.get("dtype"))
 
     def forward(self, x, timesteps, context, t5xxl_ids=None, t5xxl_weights=None, **kwargs):
@@ -174,7 +175,7 @@ class AnimaModel(comfy.model_base.BaseModel):
 
 class AnimaConfig(comfy.supported_models_base.BASE):
     unet_config = {"image_model": "anima"}
-    sampling_settings = {"multiplier": 1.0, "shift": 3.0}
+    sampling_settings = {"multiplier": 1.0, "shift": registry.get("anima").settings["shift"]}
     unet_extra_config = {}
     latent_format = comfy.latent_formats.Wan21
     memory_usage_factor = 1.0

@@ -40,7 +40,8 @@ def block_names(family: str, keys=()) -> list[str]:
     f = _record(family)
     b = f.blocks
     if b.unet_levels:
-        n = b.unet_levels
+        # the file's own count where it has one (an SSD-1B, a refiner's 4 levels), else the record's
+        n = count_indexed([_strip(k) for k in keys], "input_blocks") or b.unet_levels
         names = ["BASE"] + [f"IN{i:02d}" for i in range(n)] + ["M00"] + [f"OUT{i:02d}" for i in range(n)]
         return names + (["VAE"] if b.vae else [])
     stripped = [_strip(k) for k in keys]

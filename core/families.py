@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+from . import registry
+
 VAE_PREFIXES = ("first_stage_model.", "vae.")
 
 
@@ -128,13 +130,8 @@ def _detect_family(d: dict, layout: str):
 ANIMA_DEPTHS = {28: "2b", 40: "2.9b", 52: "3.8b"}
 # The LLM adapter's cross-attention reads the text encoder's hidden states: its input width names the encoder
 ANIMA_TEXT_ENCODERS = {1024: "qwen3-0.6b", 2560: "qwen3.5-4b"}
-# Facts about ComfyUI's native Anima for the header-only CLI; inside ComfyUI the pack asks the
-# running core instead (compat/core_probe.py). Core's LLM adapter is fixed (1024 wide, 6 blocks,
-# reading 1024-wide Qwen3-0.6B states); native Anima (upstream PR 12012, January 2026) built 28
-# blocks for width 2048 whatever the file held, and builds a tune at its own depth from ComfyUI 0.33
-# on (upstream PR 15555).
-CORE_ANIMA = {"adapter_dim": 1024, "adapter_blocks": 6, "source_dim": 1024, "base_blocks": 28, "base_width": 2048,
-              "native_since": "any ComfyUI with native Anima (January 2026 on)", "any_depth_since": "ComfyUI >= 0.33"}
+# ComfyUI's native Anima, as the registry's Anima record describes it (adapter, depths, since when)
+CORE_ANIMA = registry.get("anima").core_native
 _DIT_TOP = {"pos_embedder", "x_embedder", "t_embedder", "t_embedding_norm", "blocks", "final_layer", "llm_adapter",
             "extra_pos_embedder", "logvar"}
 _ADAPTER_TOP = {"embed", "blocks", "out_proj", "norm"}
@@ -153,8 +150,8 @@ def anima_variant(d, info) -> str:
     extra = sorted({k.split(".", 1)[0] for k in d} - _DIT_TOP)
     extra += sorted({"llm_adapter." + k.split(".", 2)[1] for k in d if k.startswith("llm_adapter.")
                      and k.count(".") >= 2} - {"llm_adapter." + t for t in _ADAPTER_TOP})
-    core_adapter_fits = (embed[1:] == (CORE_ANIMA["adapter_dim"],) and adapter_blocks == CORE_ANIMA["adapter_blocks"]
-                         and source == CORE_ANIMA["source_dim"])
+    core = CORE_ANIMA["adapter"]
+    core_adapter_fits = embed[1:] == (core["dim"],) and adapter_blocks == core["layers"] and source == core["source_dim"]
     if not core_adapter_fits or extra:
         since = None  # no stock ComfyUI builds this adapter or these modules
     elif blocks == CORE_ANIMA["base_blocks"] and width == CORE_ANIMA["base_width"]:

@@ -56,13 +56,15 @@ class Family:
     vae_fp16_overflow: bool = False   # its VAE decodes to NaN in fp16 (the SDXL VAE)
     core_merge_node: str | None = None  # core's model-specific merge node, where it has one
     pack_sampler: str | None = None     # the pack's sampler node made for it
+    core_native: dict = field(default_factory=dict)  # what ComfyUI's own implementation of it builds
 
     @property
     def latent_channels(self) -> int:
         return self.vae_signature[0]
 
 
-_UNET_KEEP = (r"(^|\.)input_blocks\.0\.", r"(^|\.)out\.", r"(^|\.)time_embed\.", r"(^|\.)label_emb\.", NORM)
+_UNET_KEEP = (r"(^|\.)input_blocks\.0\.", r"(^|\.)out\.", r"(^|\.)time_embed\.", NORM)
+_SDXL_KEEP = _UNET_KEEP + (r"(^|\.)label_emb\.",)  # SDXL's size/pooled embedding too
 _UNET_NVFP4 = (r"(^|\.)attn2\.to_[kv]$",)
 _SD_SIG = ("input_blocks.0.0.weight", "conv_in.weight")
 _MMDIT_SIG = ("joint_blocks.0.context_block.attn.qkv.weight", "joint_blocks.0.x_block.attn.qkv.weight")
@@ -97,7 +99,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("sdxl", "SDXL", _SD_SIG, "eps",
            dict(width=1024, height=1024, steps=25, cfg=6.0, sampler="euler_ancestral", scheduler="normal"),
            ("clip-l", "clip-g"), "sdxl_vae.safetensors (or sdxl-vae-fp16-fix for fp16)", (4, 4), 64,
-           "stable-diffusion-xl-v1-base", Blocks(unet_levels=9, vae=True), _UNET_KEEP, ("SDXL",),
+           "stable-diffusion-xl-v1-base", Blocks(unet_levels=9, vae=True), _SDXL_KEEP, ("SDXL",),
            # v-prediction (with or without ZTSNR): NoobAI-XL v-pred's card, CFG 4-5 with rescale 0.7
            variants={"v": {"settings": dict(steps=28, cfg=4.5, sampler="euler", cfg_rescale=0.7)}},
            lora_style="sd1/sdxl", keep_high_nvfp4_file=_UNET_NVFP4, core_merge_node="ModelMergeSDXL",
@@ -105,7 +107,7 @@ FAMILIES: tuple[Family, ...] = (
     Family("sdxl-refiner", "SDXL refiner", _SD_SIG, "eps",
            dict(width=1024, height=1024, steps=25, cfg=6.0, sampler="euler", scheduler="normal"),
            ("clip-g",), "sdxl_vae.safetensors", (4, 4), 64, "stable-diffusion-xl-v1-refiner",
-           Blocks(unet_levels=9, vae=True), _UNET_KEEP, ("SDXLRefiner",), lora_style="sd1/sdxl",
+           Blocks(unet_levels=12, vae=True), _SDXL_KEEP, ("SDXLRefiner",), lora_style="sd1/sdxl",
            keep_high_nvfp4_file=_UNET_NVFP4, vae_fp16_overflow=True, pack_sampler="ModelsmithSDXLSampler"),
     Family("sd3.5-large", "SD3.5 Large", **dict(_SD3, config_match={"depth": 38}),
            modelspec="stable-diffusion-v3.5-large", core_merge_node="ModelMergeSD35_Large"),
@@ -155,7 +157,16 @@ FAMILIES: tuple[Family, ...] = (
            # the Anima community preset: first block, block 1's AdaLN, final layer, adapter, embedders
            (r"(^|\.)blocks\.0\.", r"(^|\.)blocks\.1\.adaln_modulation", r"(^|\.)final_layer\.", r"(^|\.)llm_adapter\.",
             r"(^|\.)t_embedder\.", r"(^|\.)x_embedder\.", r"(^|\.)t_embedding_norm"),
-           ("Anima", "AnimaConfig"), lora_style="anima", fp16_overflow=True, pack_sampler="ModelsmithAnimaSampler"),
+           ("Anima", "AnimaConfig"), lora_style="anima", fp16_overflow=True, pack_sampler="ModelsmithAnimaSampler",
+           variants={"turbo": {"settings": dict(steps=8, cfg=1.0)}},  # the Turbo LoRA / model
+           # ComfyUI's native Anima (upstream PR 12012, January 2026): a fixed LLM adapter reading 1024-wide
+           # Qwen3-0.6B states; 28 blocks for width 2048 whatever the file held, each tune at its own depth
+           # from ComfyUI 0.33 on (upstream PR 15555). Header-only facts for the CLI; inside ComfyUI the
+           # pack asks the running core (compat/core_probe.py), which answers in the same key names.
+           core_native={"adapter": {"dim": 1024, "source_dim": 1024, "layers": 6, "heads": 16},
+                        "base_blocks": 28, "base_width": 2048,
+                        "native_since": "any ComfyUI with native Anima (January 2026 on)",
+                        "any_depth_since": "ComfyUI >= 0.33"}),
     Family("cosmos-predict2", "Cosmos-Predict2", ("blocks.0.mlp.layer1.weight",), "flow",
            dict(width=1024, height=1024, steps=35, cfg=4.0, sampler="euler", scheduler="simple", shift=1.0),
            ("t5xxl (old)",), "wan_2.1_vae.safetensors", (16, 5), 16, "cosmos-predict2",

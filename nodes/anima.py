@@ -10,11 +10,14 @@ import folder_paths
 import nodes as comfy_nodes  # ComfyUI's own nodes.py (common_ksampler)
 import torch
 
-from ..core import resolution
+from ..core import registry, resolution
+from ..core.prompt import NEGATIVE
 from ..core.errors import ModelsmithError, a
 from ..core.inspect import inspect_file
 from . import common
 
+_REC = registry.settings("anima")          # the widgets' defaults: the Anima record
+_TURBO = registry.settings("anima", "turbo")
 DEFAULT_FILES = {"diffusion_models": "anima-base-v1.0.safetensors", "text_encoders": "qwen_3_06b_base.safetensors",
                  "vae": "qwen_image_vae.safetensors"}
 DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -175,16 +178,16 @@ class ModelsmithAnimaSampler:
         return {"required": {
             "model": ("MODEL",),
             "positive_text": ("STRING", {"default": "", "multiline": True, "tooltip": "Used with a CLIP when no positive CONDITIONING is connected."}),
-            "negative_text": ("STRING", {"default": "worst quality, low quality, score_1, score_2, score_3, blurry, jpeg artifacts, sepia", "multiline": True}),
+            "negative_text": ("STRING", {"default": NEGATIVE["anima"], "multiline": True}),
             "size": (resolution.preset_labels(resolution.ANIMA_PRESETS), {"default": "1:1 (1024x1024)"}),
             "width": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": 16}),
             "height": ("INT", {"default": 1024, "min": 16, "max": 4096, "step": 16}),
-            "steps": ("INT", {"default": 30, "min": 1, "max": 200}),
-            "cfg": ("FLOAT", {"default": 4.0, "min": 0.0, "max": 30.0, "step": 0.1}),
-            "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "er_sde"}),
-            "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "simple"}),
+            "steps": ("INT", {"default": _REC["steps"], "min": 1, "max": 200}),
+            "cfg": ("FLOAT", {"default": _REC["cfg"], "min": 0.0, "max": 30.0, "step": 0.1}),
+            "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": _REC["sampler"]}),
+            "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": _REC["scheduler"]}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True}),
-            "turbo": ("BOOLEAN", {"default": False, "tooltip": "Turbo LoRA/model: 8 steps, CFG 1."}),
+            "turbo": ("BOOLEAN", {"default": False, "tooltip": f"Turbo LoRA/model: {_TURBO['steps']} steps, CFG {_TURBO['cfg']:g}."}),
         }, "optional": {
             "clip": ("CLIP",), "vae": ("VAE",),
             "positive": ("CONDITIONING",), "negative": ("CONDITIONING",),
@@ -200,14 +203,14 @@ class ModelsmithAnimaSampler:
         common.check_vae_for_image(vae, prompt, unique_id, 1, "Anima Sampler")
         lines = []
         if turbo:
-            steps, cfg = 8, 1.0
-            lines.append("turbo: ran 8 steps at CFG 1 (the steps and cfg widgets are not used)")
+            steps, cfg = _TURBO["steps"], _TURBO["cfg"]
+            lines.append(f"turbo: ran {steps} steps at CFG {cfg:g} (the steps and cfg widgets are not used)")
             if turbo_lora and turbo_lora != "none":
                 from .lora import apply_checked_lora
                 model, lora_lines = apply_checked_lora(model, folder_paths.get_full_path_or_raise("loras", turbo_lora), 1.0)
                 lines += lora_lines
             else:
-                lines.append("turbo without a turbo LoRA: unless this model is itself a turbo model, 8 steps at CFG 1 "
+                lines.append(f"turbo without a turbo LoRA: unless this model is itself a turbo model, {steps} steps at CFG {cfg:g} "
                              "give an unfinished image; pick turbo_lora (anima-turbo-lora*) or turn turbo off")
 
         def cond(given, text, name):

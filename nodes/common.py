@@ -51,7 +51,10 @@ def resolve_model(choice: str, folders=MODEL_FOLDERS) -> str:
 
 
 def settings_from_report(report: dict, prediction: str, ztsnr: bool) -> dict:
-    rec = dict(report.get("recommended") or {})
+    """SETTINGS for the prediction the model is loaded with (an override takes its variant's settings)."""
+    from ..core import registry
+    rec = (registry.settings(report["family"], report.get("variant"), prediction) if registry.get(report.get("family"))
+           else dict(report.get("recommended") or {}))
     return {"family": report.get("family"), "variant": report.get("variant"), "prediction": prediction,
             "ztsnr": bool(ztsnr), "recommended": rec, "warnings": list(report.get("warnings", [])),
             "file_prediction": report.get("prediction"), "file_ztsnr": report.get("ztsnr", False)}

@@ -16,6 +16,9 @@ from .sampling_patch import apply_prediction, sampling_of
 PREDICTIONS = ["auto", "eps", "v", "v+ztsnr"]
 
 
+_REC = registry.settings("sdxl")  # the widgets' defaults: SDXL's record
+
+
 def default_cfg(label: str) -> float:
     """The recommended CFG of SDXL for a prediction label (eps, v, v+ztsnr), from its registry record."""
     return registry.settings("sdxl", prediction="v" if label.startswith("v") else "eps")["cfg"]
@@ -84,14 +87,15 @@ class ModelsmithSDXLSampler:
                      "tooltip": "SDXL training buckets (~1 MP); 'custom' uses width/height."}),
             "width": ("INT", {"default": 1024, "min": 64, "max": 4096, "step": 64, "tooltip": "Used when size is custom."}),
             "height": ("INT", {"default": 1024, "min": 64, "max": 4096, "step": 64, "tooltip": "Used when size is custom."}),
-            "steps": ("INT", {"default": 25, "min": 1, "max": 200, "tooltip": "~25 for SDXL."}),
+            "steps": ("INT", {"default": _REC["steps"], "min": 1, "max": 200, "tooltip": f"~{_REC['steps']} for SDXL."}),
             "cfg": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 30.0, "step": 0.1, "tooltip":
-                    "0 = recommended for the prediction (eps 6, v 5, v+ztsnr 4.5)."}),
+                    f"0 = recommended for the prediction (eps {default_cfg('eps'):g}, v and v+ztsnr {default_cfg('v'):g})."}),
             "cfg_rescale": (["auto", "on", "off"], {"default": "auto", "tooltip":
                             "auto: on for v-prediction with ZTSNR."}),
-            "rescale_phi": ("FLOAT", {"default": 0.7, "min": 0.0, "max": 1.0, "step": 0.01}),
-            "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": "euler_ancestral"}),
-            "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": "normal"}),
+            "rescale_phi": ("FLOAT", {"default": registry.settings("sdxl", prediction="v")["cfg_rescale"], "min": 0.0,
+                                      "max": 1.0, "step": 0.01}),
+            "sampler_name": (comfy.samplers.KSampler.SAMPLERS, {"default": _REC["sampler"]}),
+            "scheduler": (comfy.samplers.KSampler.SCHEDULERS, {"default": _REC["scheduler"]}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xffffffffffffffff, "control_after_generate": True}),
             "denoise": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01}),
         }, "optional": {

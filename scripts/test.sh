@@ -13,6 +13,16 @@ declare -A RESULT
 status=0
 for rt in $RUNTIMES; do
   runtime_dirs "$rt" || { RESULT[$rt]="missing"; status=1; continue; }
+  if [ "$rt" = fast ]; then  # the ComfyUI-free tests alone, without any ComfyUI (make test-fast)
+    echo "================ fast tier: no ComfyUI ================"
+    start=$SECONDS
+    # both cores (pytest-xdist): the subprocess tests (CLI, pickle child) wait on process start-up
+    MODELSMITH_RUNTIME=fast COMFYUI_PATH=/nonexistent "$VENV/bin/pytest" -q -rs -n 2 tests ${PYTEST_ARGS:-}
+    rc=$?
+    echo "[test] fast tier took $((SECONDS - start)) s"
+    if [ $rc -eq 0 ]; then RESULT[$rt]="passed"; else RESULT[$rt]="FAILED (pytest exit $rc)"; status=1; fi
+    continue
+  fi
   if [ ! -x "$VENV/bin/pytest" ] || [ ! -f "$COMFY/main.py" ]; then
     echo "[test] runtime $rt is not set up (run make setup)" >&2; RESULT[$rt]="missing"; status=1; continue
   fi

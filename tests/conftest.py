@@ -37,11 +37,14 @@ def pytest_collection_modifyitems(config, items):
     are deselected elsewhere (not skipped: they did not run there and are not counted). Tests marked
     `main_runtime` exercise comfy-free machinery through a server and also run only there."""
     once_on, here = os.environ.get("MODELSMITH_COMFY_FREE_ON"), os.environ.get("MODELSMITH_RUNTIME")
-    if not once_on or not here or once_on == here:
+    if here == "fast":  # `make test-fast`: no ComfyUI at all, only the ComfyUI-free tests
+        def runs_here(item):
+            return not _needs_runtime(item) and item.get_closest_marker("main_runtime") is None
+    elif not once_on or not here or once_on == here:
         return
-
-    def runs_here(item):
-        return _needs_runtime(item) and item.get_closest_marker("main_runtime") is None
+    else:
+        def runs_here(item):
+            return _needs_runtime(item) and item.get_closest_marker("main_runtime") is None
     keep = [i for i in items if runs_here(i)]
     if len(keep) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if not runs_here(i)])

@@ -117,6 +117,7 @@ def test_native_0_29_reproduces_the_reference_and_compat_matches_it_in_full(comp
             assert compat_stages[key].shape == native_stages[key].shape and err < FP32_TOL, (key, err)
 
 
+@pytest.mark.runtime  # reports what the runtime stages above measured, where they ran
 def test_zz_report_measured_differences():
     """Prints the measured relative differences per stage (pytest -s shows them)."""
     if not MEASURED:

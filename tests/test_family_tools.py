@@ -127,3 +127,56 @@ def test_block_merge_equals_cores_block_merge(comfy, tmp_path, family):
     a_sd = safetensors.torch.load_file(str(a_path))
     moved = sum(not torch.equal(ours[k], a_sd[k]) for k in ours)
     assert moved > len(ours) // 2  # the merge did mix B in
+
+
+# ----------------------------------------------------------------------------------------------
+# The disagreements the registry ended, each with the test that would have caught it
+
+def test_vpred_sdxl_cfg_is_one_number_in_inspection_settings_and_the_sampler(comfy, tmp_path):
+    import json
+    from pathlib import Path
+
+    from modelsmith.core.inspect import inspect_file
+    from modelsmith.core.safetensors_io import write_sparse
+    from modelsmith.nodes.common import settings_from_report
+    from modelsmith.nodes.sampling import default_cfg
+    table = json.loads((Path(__file__).parent / "data" / "key_tables.json").read_text())["models"]["sdxl_vpred_ztsnr"]
+    path = tmp_path / "vpred.safetensors"
+    write_sparse(path, {k: tuple(v) for k, v in table["tensors"].items()})
+    rep = inspect_file(path)
+    settings = settings_from_report(rep, "v", True)
+    assert rep["recommended"]["cfg"] == settings["recommended"]["cfg"] == default_cfg("v") == default_cfg("v+ztsnr") == 4.5
+    eps = inspect_file(path)
+    eps_settings = settings_from_report(eps, "eps", False)  # an override to eps takes eps's settings
+    assert eps_settings["recommended"]["cfg"] == default_cfg("eps") == 6.0
+
+
+@pytest.mark.parametrize("family", ["sd2", "sdxl-refiner"])
+def test_a_loaded_unet_is_one_family_for_quantize_and_the_lora_check(comfy, family):
+    """SD2 was "sd1" to quantization and "sd2" to the LoRA check; a refiner "sdxl" and "sdxl-refiner"."""
+    import tiny_dit
+
+    from modelsmith.compat import sized
+    from modelsmith.compat.family import family_of
+    from modelsmith.compat.quantized import quantized_patcher
+    from modelsmith.nodes import lora as lora_node
+    name = {"sd2": "sd2_unet", "sdxl-refiner": "sdxl_refiner_unet"}[family]
+    sd = tiny_dit.TINY_DIT[name][0]()
+    import comfy.model_detection
+    patcher, _ = sized.build_model(family, comfy.model_detection.detect_unet_config(sd, "model.diffusion_model."), sd,
+                                   dtype=torch.float32)
+    assert lora_node.model_family is family_of  # one mapping, not two
+    assert family_of(patcher)[0] == family
+    _, stats = quantized_patcher(patcher, "float8_e4m3fn", backend="modelsmith")
+    assert (stats["family"], stats["preset"]) == (family, family)
+
+
+def test_native_anima_adapter_is_the_registry_record(comfy):
+    """Core's fixed Anima adapter, read from core's own class, in the registry's own key names."""
+    from modelsmith.compat.core_probe import core_anima_adapter
+    from modelsmith.core import registry
+    core = core_anima_adapter()
+    if core is None:
+        pytest.skip("this ComfyUI has no native Anima (0.3.x): nothing to compare")
+    rec = registry.get("anima").core_native["adapter"]
+    assert {k: core[k] for k in rec} == rec

@@ -435,6 +435,7 @@ def test_lora_node_with_quantized_model_in_a_graph(run_graph, tiny_files, models
     assert np.array_equal(off, plain)         # and strength 0 is no LoRA at all
 
 
+@pytest.mark.runtime  # the node module imports ComfyUI
 def test_fp16_accumulation_wrapper_keeps_the_previous_wrapper():
     """The wrapper restores the global flag and still calls a wrapper another node had set."""
     from modelsmith.nodes.precision import _fp16_accumulation_wrapper

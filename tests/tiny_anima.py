@@ -10,8 +10,8 @@ LLM = {"vocab_size": 151936, "hidden_size": 64, "intermediate_size": 128, "num_h
        "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 32}
 
 
-# core's native Anima (ComfyUI 0.29) builds its LLM adapter at fixed sizes: 1024 wide, 6 blocks, 16 heads
-NATIVE_ADAPTER = {"dim": 1024, "source_dim": 1024, "layers": 6, "heads": 16}
+# core's native Anima builds its LLM adapter at fixed sizes (the registry's Anima record: 1024 wide, 6 blocks)
+NATIVE_ADAPTER = __import__("modelsmith.core.registry", fromlist=["get"]).get("anima").core_native["adapter"]
 
 
 def dit_state_dict(seed=0, blocks=2, adapter=None, dtype=torch.float32):
