@@ -6,7 +6,8 @@
 #   make test-fast              the ComfyUI-free tests (registry, inspection, prompts, kernels, headers,
 #                               pickle scan) without any ComfyUI, in under 2 minutes
 #   make lint                   the Comfy Registry's checks: comfy node validate, comfy-test lint
-#   COMFYUI_PATH=/your/ComfyUI make test|run   a ComfyUI of your own (its environment: .venv-user)
+#   COMFYUI_PATH=/your/ComfyUI make run     your own ComfyUI on its own Python, nothing installed or linked
+#   COMFYUI_PATH=/your/ComfyUI make test    the suite against it (test tools in .venv-user, over its packages)
 SHELL := /bin/bash
 PORT ?= 8188
 RUNTIME ?= $(if $(COMFYUI_PATH),user,0.33)
@@ -18,7 +19,7 @@ setup:
 	@bash scripts/setup.sh $(RUNTIMES)
 
 run:
-	@bash scripts/setup.sh $(RUNTIME)
+	@if [ "$(RUNTIME)" != user ]; then bash scripts/setup.sh $(RUNTIME); fi
 	@bash scripts/run.sh $(RUNTIME) $(PORT)
 
 test:

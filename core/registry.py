@@ -57,6 +57,7 @@ class Family:
     core_merge_node: str | None = None  # core's model-specific merge node, where it has one
     pack_sampler: str | None = None     # the pack's sampler node made for it
     core_native: dict = field(default_factory=dict)  # what ComfyUI's own implementation of it builds
+    files: dict = field(default_factory=dict)  # the official file names, by models folder (loader defaults)
 
     @property
     def latent_channels(self) -> int:
@@ -159,6 +160,8 @@ FAMILIES: tuple[Family, ...] = (
             r"(^|\.)t_embedder\.", r"(^|\.)x_embedder\.", r"(^|\.)t_embedding_norm"),
            ("Anima", "AnimaConfig"), lora_style="anima", fp16_overflow=True, pack_sampler="ModelsmithAnimaSampler",
            variants={"turbo": {"settings": dict(steps=8, cfg=1.0)}},  # the Turbo LoRA / model
+           files={"diffusion_models": "anima-base-v1.0.safetensors", "text_encoders": "qwen_3_06b_base.safetensors",
+                  "vae": "qwen_image_vae.safetensors"},
            # ComfyUI's native Anima (upstream PR 12012, January 2026): a fixed LLM adapter reading 1024-wide
            # Qwen3-0.6B states; 28 blocks for width 2048 whatever the file held, each tune at its own depth
            # from ComfyUI 0.33 on (upstream PR 15555). Header-only facts for the CLI; inside ComfyUI the

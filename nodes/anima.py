@@ -18,8 +18,7 @@ from . import common
 
 _REC = registry.settings("anima")          # the widgets' defaults: the Anima record
 _TURBO = registry.settings("anima", "turbo")
-DEFAULT_FILES = {"diffusion_models": "anima-base-v1.0.safetensors", "text_encoders": "qwen_3_06b_base.safetensors",
-                 "vae": "qwen_image_vae.safetensors"}
+DEFAULT_FILES = registry.get("anima").files
 DTYPES = {"auto": None, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 

@@ -20,6 +20,38 @@ default_runtimes() {  # what `make test` covers: the user's ComfyUI when named, 
   if [ -n "${COMFYUI_PATH:-}" ]; then echo user; else echo "$ALL_RUNTIMES"; fi
 }
 
+# The folder ComfyUI is pointed at (an extra_model_paths `custom_nodes:` entry) to load the pack:
+# it holds one link, modelsmith -> this checkout, and lives in the pack's own .cache, so no ComfyUI
+# tree (a user's least of all) is ever changed to load the pack.
+pack_nodes_dir() {
+  local d="$ROOT/.cache/nodes"
+  mkdir -p "$d"
+  [ "$(readlink "$d/modelsmith" 2>/dev/null)" = "$ROOT" ] || ln -sfn "$ROOT" "$d/modelsmith"
+  echo "$d"
+}
+
+# pack_in_tree COMFY: true when that ComfyUI's custom_nodes/ already holds this checkout (the pack
+# was cloned there, or linked in by hand): pointing ComfyUI at pack_nodes_dir too would load it twice.
+pack_in_tree() {
+  local e root
+  root=$(readlink -f "$ROOT")
+  for e in "$1"/custom_nodes/*; do
+    [ -e "$e" ] && [ "$(readlink -f "$e")" = "$root" ] && return 0
+  done
+  return 1
+}
+
+# user_python: the Python of the user's ComfyUI, used as it is ($COMFYUI_PYTHON, else the venv
+# inside the ComfyUI folder, else python3 on PATH).
+user_python() {
+  local c
+  for c in "${COMFYUI_PYTHON:-}" "$COMFY/venv/bin/python" "$COMFY/.venv/bin/python" "$(command -v python3 || true)"; do
+    [ -n "$c" ] && [ -x "$c" ] && { echo "$c"; return 0; }
+  done
+  echo "no Python found for the ComfyUI at $COMFY: set COMFYUI_PYTHON" >&2
+  return 2
+}
+
 runtime_dirs() {
   case "$1" in
     0.3.75) COMFY="$ROOT/.comfyui"; VENV="$ROOT/.venv" ;;

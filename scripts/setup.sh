@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Modelsmith setup: for each runtime named (default: both, or the one at COMFYUI_PATH), the ComfyUI
-# tree, a virtual environment built from that runtime's own requirements.txt plus the dev tools,
-# and the pack linked into its custom_nodes. torch is installed once and hard-linked into the other
+# Modelsmith setup: for each runtime named (default: all three, or the one at COMFYUI_PATH), the
+# ComfyUI tree and a virtual environment built from that runtime's own requirements.txt plus the dev
+# tools; ComfyUI loads the pack from .cache/nodes (scripts/runtimes.sh pack_nodes_dir), never from a
+# link in its tree. torch is installed once and hard-linked into the other
 # environment (scripts/share_torch.py). Idempotent: a step is skipped when its inputs are unchanged.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -109,14 +110,50 @@ build_venv() {
   rm -f "$VENV"/.modelsmith-* && touch "$stamp"
 }
 
-link_pack() {
+unlink_old_pack_link() {  # earlier setups linked the pack into the runtime's own tree: gone (it would load twice)
   local link="$COMFY/custom_nodes/modelsmith"
-  mkdir -p "$COMFY/custom_nodes"
-  if [ ! -e "$link" ] && [ ! -L "$link" ]; then
-    ln -s "$ROOT" "$link"
-  elif [ -L "$link" ] && [ "$(readlink -f "$link")" != "$ROOT" ]; then
-    ln -sfn "$ROOT" "$link"
+  if [ -L "$link" ] && [ "$(readlink -f "$link")" = "$(readlink -f "$ROOT")" ]; then rm -f "$link"; fi
+}
+
+# A user's ComfyUI (COMFYUI_PATH): its Python and its tree are used as they are. The tests get
+# .venv-user, a small environment inside this checkout that sees the user's packages
+# (--system-site-packages: their torch and ComfyUI requirements, never replaced) and adds only the
+# test tools and the pack. With MODELSMITH_VENV naming an environment, that environment is used as
+# it is: what the tests miss there is named, and installed only when the user says yes.
+setup_user_tests() {
+  local py missing
+  if [ -n "${MODELSMITH_VENV:-}" ]; then
+    py="$VENV/bin/python"
+    [ -x "$py" ] || { echo "[setup] MODELSMITH_VENV=$VENV has no bin/python" >&2; exit 2; }
+    missing=$("$py" - <<'PYEOF'
+import importlib.util
+need = {"pytest": "pytest", "hypothesis": "hypothesis", "requests": "requests", "websocket": "websocket-client",
+        "playwright": "playwright==1.65.2", "comfy_api_simplified": "comfy-api-simplified==1.6.0", "xdist": "pytest-xdist"}
+print(" ".join(p for m, p in need.items() if importlib.util.find_spec(m) is None))
+PYEOF
+)
+    if [ -n "$missing" ]; then
+      echo "[setup] the tests need $missing, which $VENV does not have."
+      if [ -t 0 ]; then
+        read -r -p "Install them into $VENV? [y/N] " answer
+        [ "$answer" = y ] || [ "$answer" = Y ] || { echo "[setup] nothing installed" >&2; exit 2; }
+        "$py" -m pip install -q $missing
+      else
+        echo "[setup] nothing installed; run: $py -m pip install $missing" >&2; exit 2
+      fi
+    fi
+    return 0
   fi
+  py=$(user_python) || exit 2
+  "$py" -c "import torch" 2>/dev/null || { echo "[setup] $py (the ComfyUI's Python) cannot import torch; set COMFYUI_PYTHON" >&2; exit 2; }
+  local stamp="$VENV/.modelsmith-user-$(cat requirements-dev.txt pyproject.toml | sha1sum | cut -c1-12)-$(echo "$py" | sha1sum | cut -c1-8)"
+  [ -f "$stamp" ] && return 0
+  echo "[setup] $VENV: the test tools over $py (its packages seen, none replaced)"
+  rm -rf "$VENV" && "$py" -m venv --system-site-packages "$VENV"
+  "$VENV/bin/python" -m pip install -q -r requirements-dev.txt
+  "$VENV/bin/python" -m pip install -q --no-build-isolation --no-deps -e .
+  echo "$COMFY" > "$VENV/modelsmith-comfyui-path"
+  touch "$stamp"
 }
 
 RUNTIMES=${*:-$(default_runtimes)}
@@ -126,11 +163,13 @@ for rt in $RUNTIMES; do
     0.3.75) fetch_0375 ;;
     0.29) fetch_archive 0.29.0 ;;
     0.33) fetch_archive 0.33.0 ;;
-    user) [ -f "$COMFY/main.py" ] || { echo "COMFYUI_PATH=$COMFY does not look like ComfyUI (no main.py)" >&2; exit 2; } ;;
+    user) [ -f "$COMFY/main.py" ] || { echo "COMFYUI_PATH=$COMFY does not look like ComfyUI (no main.py)" >&2; exit 2; }
+          setup_user_tests; echo "[setup] ready: your ComfyUI $COMFY (unchanged), test venv $VENV"; continue ;;
     fast) build_venv; echo "[setup] ready: the fast tier (no ComfyUI), venv $VENV"; continue ;;
   esac
   build_venv
-  link_pack
+  unlink_old_pack_link
+  pack_nodes_dir >/dev/null
   echo "[setup] ready: runtime $rt, ComfyUI $COMFY, venv $VENV"
 done
 

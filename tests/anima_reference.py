@@ -179,7 +179,8 @@ def main():
     sys.path.insert(0, HERE)
     import asyncio
     import comfy_env
-    comfy_env.import_comfy()
+    folder_paths = comfy_env.import_comfy()
+    folder_paths.add_model_folder_path("custom_nodes", str(comfy_env.pack_nodes_dir()))
     import nodes
     asyncio.run(nodes.init_extra_nodes(init_custom_nodes=True, init_api_nodes=False))  # the pack as `modelsmith`
     sys.path.append(HERE)

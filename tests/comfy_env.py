@@ -19,6 +19,24 @@ def comfy_path() -> Path:
     return ROOT / ".comfyui"
 
 
+def pack_nodes_dir():
+    """The folder ComfyUI loads the pack from (one link, modelsmith -> this checkout, in the pack's
+    .cache, as scripts/runtimes.sh makes it), or None when the runtime's custom_nodes/ already holds
+    this checkout (cloned there): adding the folder then would load the pack twice."""
+    nodes = comfy_path() / "custom_nodes"
+    root = ROOT.resolve()
+    if nodes.is_dir() and any(p.resolve() == root for p in nodes.iterdir()):
+        return None
+    d = ROOT / ".cache" / "nodes"
+    d.mkdir(parents=True, exist_ok=True)
+    link = d / "modelsmith"
+    if not (link.is_symlink() and link.resolve() == root):
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(root)
+    return d
+
+
 def import_comfy():
     """Put ComfyUI on sys.path in CPU mode and import its modules once."""
     path = str(comfy_path())

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from comfy_env import comfy_path, import_comfy  # noqa: E402
+from comfy_env import comfy_path, import_comfy, pack_nodes_dir  # noqa: E402
 
 
 def _needs_runtime(item) -> bool:
@@ -68,6 +68,9 @@ def output_dir(tmp_path_factory):
 def comfy(models_dir, output_dir):
     """The real ComfyUI runtime imported in-process, nodes (and this pack) initialised."""
     folder_paths = import_comfy()
+    nodes_dir = pack_nodes_dir()
+    if nodes_dir is not None:  # the pack from .cache/nodes, as `make run` loads it (no link in the tree)
+        folder_paths.add_model_folder_path("custom_nodes", str(nodes_dir))
     for sub in ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras", "embeddings"):
         folder_paths.add_model_folder_path(sub, str(models_dir / sub), is_default=True)
     folder_paths.set_output_directory(str(output_dir))
@@ -181,8 +184,10 @@ class ComfyServer:
 def start_server(models_dir, output_dir, log_path, timeout=180, extra_args=(), cwd=None):
     port = free_port()
     cfg = Path(log_path).with_suffix(".yaml")
+    nodes_dir = pack_nodes_dir()
     cfg.write_text("modelsmith_tests:\n    base_path: %s\n" % models_dir + "".join(
-        f"    {s}: {s}/\n" for s in ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras", "embeddings")))
+        f"    {s}: {s}/\n" for s in ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras", "embeddings"))
+        + (f"modelsmith_pack:\n    base_path: {nodes_dir}\n    custom_nodes: .\n" if nodes_dir else ""))
     log = open(log_path, "w")
     cpath = comfy_path()
     proc = subprocess.Popen(

@@ -76,7 +76,8 @@ def test_object_info_lists_the_pack(server):
     for name in mine:
         assert info[name]["category"].startswith("modelsmith/")
     log = server.log_tail(200000)
-    assert "custom_nodes/modelsmith" in log  # listed among the loaded custom nodes
+    assert "nodes/modelsmith" in log  # listed among the loaded custom nodes (from .cache/nodes)
+    assert "installed twice" not in log
     assert not [l for l in log.splitlines() if "modelsmith" in l.lower() and ("IMPORT FAILED" in l or "Cannot import" in l)]
     import urllib.request
     with urllib.request.urlopen(server.url + "/extensions/modelsmith/modelsmith.js", timeout=10) as r:

@@ -134,3 +134,23 @@ def test_latent_and_vae_facts():
     assert registry.get("flux2").vae_signature == (32, 4) and registry.get("anima").vae_signature == (16, 5)
     assert all(f.size_multiple == (64 if f.blocks.unet_levels else 16) for f in registry.FAMILIES)
     assert os.path.basename(registry.__file__) == "registry.py"
+
+
+def test_block_weights_by_core_names_in_the_cli_and_recipes(tmp_path):
+    """`merge --blocks` takes a FLUX file's own block names (core's merge-node names), the recipe
+    records them and replays; a name the file does not have is one sentence listing the real ones."""
+    import subprocess
+    import sys
+    a, b = _file(tmp_path, "flux1"), tmp_path / "b.safetensors"
+    b.write_bytes(a.read_bytes())
+    out = tmp_path / "o.safetensors"
+    ok = subprocess.run([sys.executable, "-m", "modelsmith", "merge", str(a), str(b), str(out),
+                         "--blocks", "img_in:0.3,double_blocks.1:0.7,final_layer:1"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    recipe = json.loads((tmp_path / "o.safetensors.recipe.json").read_text())
+    assert recipe["blocks"] == {"img_in": 0.3, "double_blocks.1": 0.7, "final_layer": 1.0}
+    bad = subprocess.run([sys.executable, "-m", "modelsmith", "merge", str(a), str(b), str(tmp_path / "p.safetensors"),
+                          "--blocks", "double_blocks.9:0.5"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown block 'double_blocks.9'" in bad.stderr and "single_blocks.1" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "p.safetensors").exists()
