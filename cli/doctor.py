@@ -59,8 +59,9 @@ def cmd_doctor(args) -> int:
         print(f"{e['id']}: {what}, {size}{extra}")
         for p in e["problems"]:
             print(f"    - {p['why']}" + (f"  [fix: doctor --fix {p['fix']} {e['id']}]" if p.get("fix") else ""))
-    bad = sum(1 for e in entries if e["problems"])
-    print(f"{len(entries)} files, {bad} with problems")
+    head = doctor.summary(entries)
+    print(f"{head['files']} files, {head['total_bytes'] / 1e9:.2f} GB; {head['with_problems']} with problems; "
+          f"fixes would free {head['freeable_bytes'] / 1e9:.2f} GB; {len(head['cannot_run'])} cannot run as they are")
     return 0
 
 

@@ -328,6 +328,45 @@ def file_hash(path: str, cache: Cache, progress=None) -> str:
 # ----------------------------------------------------------------------------------------------
 # Fixes: each writes a new file next to the original (atomically), the original untouched unless asked
 
+# what a fix frees, as a share of the file's size: fp16 halves an fp32 file, pruning drops the EMA copy
+_FREES = {"fp32": 0.5, "ema": 0.5}
+# problems after which the model does not run (or runs wrong) as it is
+CANNOT_RUN = ("refused", "unreadable", "vae-mismatch", "vpred-markers", "anima-core", "lora-orphan")
+
+
+def summary(entries: list[dict]) -> dict:
+    """The Model Doctor's page head: files, total size, the space its fixes would free (fp16 of fp32
+    files, pruning EMA, a duplicate's bytes), problems by kind, the models that cannot run as they
+    are, and where the disk space goes by family and by precision."""
+    by_kind, by_family, by_precision, cannot = {}, {}, {}, []
+    total = frees = 0
+    seen_hashes = set()
+    for e in entries:
+        size = e.get("size") or 0
+        total += size
+        s = e.get("summary") or {}
+        kind = s.get("kind")
+        fam = kind if kind in ("vae", "text-encoder", "lora", "pickle") else (s.get("family") or kind or "other")
+        by_family[fam] = by_family.get(fam, 0) + size
+        prec = s.get("precision") or "-"
+        by_precision[prec] = by_precision.get(prec, 0) + size
+        freed = 0.0
+        for p in e.get("problems", []):
+            by_kind[p["code"]] = by_kind.get(p["code"], 0) + 1
+            freed = max(freed, _FREES.get(p["code"], 0.0))
+            if p["code"] == "duplicate":
+                if e.get("sha256") in seen_hashes:
+                    freed = 1.0
+                seen_hashes.add(e.get("sha256"))
+        frees += int(size * freed)
+        if any(p["code"] in CANNOT_RUN for p in e.get("problems", [])):
+            cannot.append(e["id"])
+    order = lambda d: dict(sorted(d.items(), key=lambda kv: -kv[1]))  # noqa: E731
+    return {"files": len(entries), "total_bytes": total, "freeable_bytes": frees,
+            "with_problems": sum(1 for e in entries if e.get("problems")), "problems_by_kind": order(by_kind),
+            "cannot_run": cannot, "by_family": order(by_family), "by_precision": order(by_precision)}
+
+
 FIXES = ("convert", "markers", "prune", "fp16", "rename")
 
 

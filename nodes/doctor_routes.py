@@ -121,7 +121,8 @@ def register() -> bool:
     @routes.get("/modelsmith/doctor")
     async def get_scan(request):
         entries = await _run_blocking(run_scan)
-        return web.json_response({"files": [public(e) for e in entries], "fixes": list(doctor.FIXES)})
+        return web.json_response({"files": [public(e) for e in entries], "fixes": list(doctor.FIXES),
+                                  "summary": doctor.summary(entries)})
 
     async def _post(request, make):
         from ..core.safetensors_io import MAX_JSON_DEPTH, json_depth

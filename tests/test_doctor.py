@@ -260,3 +260,74 @@ def test_replace_puts_the_fixed_file_in_the_originals_place(models, env):
     assert r.returncode == 0, r.stderr
     assert inspect_file(target)["prediction"] == "v"
     assert not [p.name for p in target.parent.iterdir() if ".modelsmith-" in p.name]  # no temporary left
+
+
+def test_summary_counts_sizes_freeable_space_and_what_cannot_run(tmp_path):
+    """The page head, computed in one place (core/doctor.summary) for the route, the page and the CLI."""
+    models = build_models(tmp_path / "models")
+    t = {"model.diffusion_model.input_blocks.0.0.weight": ("F32", (320, 4, 3, 3)),
+         "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": ("F32", (320, 768))}
+    write_sparse(models / "checkpoints" / "big_fp32.safetensors", t)
+    folders = {k: [str(models / k)] for k in ("checkpoints", "diffusion_models", "loras", "vae", "text_encoders")}
+    entries = doctor.scan(folders)
+    s = doctor.summary(entries)
+    assert s["files"] == len(entries) and s["total_bytes"] == sum(e["size"] for e in entries)
+    fp32 = next(e for e in entries if e["id"] == "checkpoints/big_fp32.safetensors")
+    assert s["freeable_bytes"] >= fp32["size"] // 2
+    assert s["problems_by_kind"]["refused"] == 2 and s["problems_by_kind"]["fp32"] == 1
+    assert {"checkpoints/evil.ckpt", "checkpoints/vpred_nomarker.safetensors", "loras/for_3.8b.safetensors"} <= \
+        set(s["cannot_run"]) and "vae/sdxl_vae.safetensors" not in s["cannot_run"]
+    assert sum(s["by_family"].values()) == sum(s["by_precision"].values()) == s["total_bytes"]
+    assert "sdxl" in s["by_family"] and "lora" in s["by_family"] and "fp32" in s["by_precision"]
+    r = _cli(models, "--no-cache")
+    assert r.returncode == 0 and f"{s['files']} files" in r.stdout and "cannot run as they are" in r.stdout
+
+
+@pytest.mark.skipif(browser.CHROMIUM is None, reason=browser.SKIP_REASON)
+def test_full_page_is_wide_with_summary_disk_picture_groups_and_actions(doctor_server):
+    """The Model Doctor as a page of its own (served from the extension's folder): the summary the route
+    computes, bars of where the space goes, rows grouped by folder and fix buttons in their own column,
+    no column cut off at 1600 px."""
+    exts = doctor_server.get("/extensions")
+    page_url = doctor_server.url + next(e for e in exts if e.endswith("/doctor.js"))[: -len("doctor.js")] + "doctor.html"
+    head = doctor_server.get("/modelsmith/doctor")["summary"]
+    with browser.comfy_page(doctor_server.url) as page:
+        page.goto(page_url, timeout=60000)
+        page.wait_for_selector(".modelsmith-doctor[data-layout='page'] tr.modelsmith-doctor-row", timeout=60000)
+        got = page.evaluate("""() => {
+          const root = document.querySelector('.modelsmith-doctor');
+          const t = root.querySelector('.modelsmith-doctor-table');
+          const cards = Object.fromEntries([...root.querySelectorAll('.modelsmith-doctor-card')].map(c =>
+              [c.className.split(' ').pop(), c.querySelector('.modelsmith-doctor-card-value').textContent]));
+          const order = [...t.querySelectorAll('tr')].map(r => r.classList.contains('modelsmith-doctor-group')
+              ? 'G:' + r.dataset.folder : (r.dataset.folder || 'head'));
+          const segs = [...root.querySelectorAll('.modelsmith-doctor-space')].map(b => [b.dataset.kind,
+              [...b.querySelectorAll('.modelsmith-doctor-seg')].map(s => [s.dataset.name, s.getBoundingClientRect().width])]);
+          const actions = [...t.querySelectorAll("td[data-col='actions'] button")].length;
+          const inProblems = [...t.querySelectorAll("td[data-col='problems'] button")].length;
+          return {cards, order, segs, actions, inProblems, tableW: t.getBoundingClientRect().width,
+                  overflow: t.scrollWidth - root.clientWidth,
+                  headers: [...t.querySelectorAll('th')].map(h => h.textContent.replace(/ [^a-z]$/, ''))};
+        }""")
+        browser.shot(page, "doctor_page.png")
+    assert got["cards"]["files"] == str(head["files"]) and got["cards"]["cannot-run"] == str(len(head["cannot_run"]))
+    assert got["tableW"] > 1000 and got["overflow"] <= 0, got
+    assert got["headers"] == ["file", "family", "variant", "layout", "precision", "prediction", "size", "problems", "actions"]
+    # rows come under their folder's header, each folder once
+    seen, current = [], None
+    for item in got["order"][1:]:
+        if item.startswith("G:"):
+            current = item[2:]
+            assert current not in seen
+            seen.append(current)
+        else:
+            assert item == current
+    assert {"checkpoints", "diffusion_models", "loras", "vae"} <= set(seen)
+    # the bars: one segment per family / precision, widths in proportion to their bytes
+    for kind, segs in got["segs"]:
+        parts = head["by_family" if kind == "by family" else "by_precision"]
+        assert [n for n, _ in segs] == list(parts)
+        total = sum(w for _, w in segs)
+        for (name, w), bytes_ in zip(segs, parts.values()):
+            assert abs(w / total - bytes_ / head["total_bytes"]) < 0.02, (kind, name)
+    assert got["actions"] >= 3 and got["inProblems"] == 0

@@ -119,6 +119,16 @@ def test_extension_on_the_frontend(fe_server, renderer):
                             ".map(r => r.dataset.id)")
         assert "diffusion_models/anima-base-v1.0.safetensors" in ids and "vae/qwen_image_vae.safetensors" in ids
         browser.shot(page, f"doctor_{tag}.png")
+        # ... with its summary, its disk picture and a button to the full page, which opens wide
+        assert page.locator(".modelsmith-doctor .modelsmith-doctor-summary").count() == 1
+        assert page.locator(".modelsmith-doctor .modelsmith-doctor-space").count() == 2
+        with page.expect_popup() as popup:
+            page.locator(".modelsmith-doctor button.modelsmith-doctor-open-page").click()
+        full = popup.value
+        full.wait_for_selector(".modelsmith-doctor[data-layout='page'] tr.modelsmith-doctor-row", timeout=60000)
+        assert full.evaluate("() => document.querySelector('.modelsmith-doctor-table').getBoundingClientRect().width") > 1000
+        browser.shot(full, f"doctor_page_{tag}.png")
+        full.close()
         assert not [e for e in errors if "modelsmith" in e.lower()], errors
 
         # the extension adds nothing to the page outside the frontend's own containers and no globals
@@ -126,3 +136,49 @@ def test_extension_on_the_frontend(fe_server, renderer):
             body: [...document.body.children].filter(e => /modelsmith/i.test(e.id + ' ' + e.className)).length,
             globals: Object.keys(window).filter(k => /modelsmith/i.test(k)) })""")
         assert stray == {"body": 0, "globals": []}, stray
+
+
+# the node rectangles of the graph on screen: Vue nodes (Nodes 2.0) from their DOM boxes, classic
+# nodes from the graph (title bar included), both after the frontend has sized them
+_RECTS = """() => {
+  const vue = [...document.querySelectorAll('[data-node-id]')];
+  if (vue.length) return vue.map(e => { const r = e.getBoundingClientRect();
+    return {id: e.dataset.nodeId, title: e.innerText.split('\\n')[0], x: r.left, y: r.top, w: r.width, h: r.height}; });
+  const th = (window.LiteGraph && window.LiteGraph.NODE_TITLE_HEIGHT) || 30;
+  return window.app.graph._nodes.map(n => ({id: String(n.id), title: n.title, x: n.pos[0], y: n.pos[1] - th,
+                                            w: n.size[0], h: n.size[1] + th}));
+}"""
+
+
+def _overlaps(rects, margin=1.0):
+    out = []
+    for i, a in enumerate(rects):
+        for b in rects[i + 1:]:
+            if (a["x"] + margin < b["x"] + b["w"] and b["x"] + margin < a["x"] + a["w"]
+                    and a["y"] + margin < b["y"] + b["h"] and b["y"] + margin < a["y"] + a["h"]):
+                out.append((a["title"], b["title"]))
+    return out
+
+
+@pytest.mark.parametrize("renderer", ["classic", "nodes2"])
+def test_templates_load_without_overlapping_nodes(fe_server, renderer):
+    """Every bundled template, loaded as a user opens it: after the frontend has laid its widgets out
+    (a Prompt Builder grows to fit its fields), no node covers another, and every widget of Model
+    Compute Dtype is inside its node."""
+    from test_workflows import _load_in_ui
+    srv = fe_server
+    _set(srv.url, "Comfy.VueNodes.Enabled", renderer == "nodes2")
+    with browser.comfy_page(srv.url) as page:
+        bad = {}
+        for name in wf.bundled():
+            with open(wf.ui_path(name)) as f:
+                ui = json.load(f)
+            _load_in_ui(page, ui, name)
+            page.wait_for_timeout(800)  # DOM widgets measure themselves after the first frames
+            rects = page.evaluate(_RECTS)
+            assert len(rects) == len(ui["nodes"]), (name, len(rects))
+            hits = _overlaps(rects)
+            if hits:
+                bad[name] = hits
+                browser.shot(page, f"overlap_{srv.frontend}_{renderer}_{name}.png")
+        assert not bad, bad

@@ -79,6 +79,26 @@ def _has_control(name, type_, options):
     return type_ == "INT" and (options.get("control_after_generate") or name in ("seed", "noise_seed"))
 
 
+NODE_WIDTH = 340
+COLUMN = 540  # column pitch: a node widens to fit its widest widget (a Prompt Builder, Model Compute Dtype ~460 px)
+
+
+def node_height(info: dict) -> int:
+    """The height a node of this type takes once a frontend has laid out its widgets, estimated on
+    the taller of the two renderers (Nodes 2.0 rows are about 36 px, a multiline text box about 110),
+    so that a template's nodes never grow over each other (tests/test_frontends.py measures it)."""
+    links, widgets, texts = 0, 0, 0
+    for name in _input_order(info):
+        type_, opts = _spec(info, name)
+        if _is_widget(type_, opts):
+            widgets += 1 + int(_has_control(name, type_, opts))
+            texts += int(type_ == "STRING" and bool(opts.get("multiline")))
+        else:
+            links += 1
+    slots = max(links, len(info.get("output") or []))  # inputs on the left, outputs on the right
+    return 40 + 26 * slots + 36 * widgets + 110 * texts
+
+
 def api_to_ui(api: dict, object_info: dict, note: str = "") -> dict:
     """A UI graph (LiteGraph 0.4) for an API prompt, laid out left to right by dependency depth."""
     depth = {}
@@ -93,12 +113,13 @@ def api_to_ui(api: dict, object_info: dict, note: str = "") -> dict:
         d(nid)
     nodes, links, link_id = [], [], 0
     out_links = {}
-    rows = {}
+    column_y = {}  # the next free height in each column
     for nid in sorted(api, key=lambda n: (depth[n], int(n))):
         node = api[nid]
         info = object_info[node["class_type"]]
-        row = rows.get(depth[nid], 0)
-        rows[depth[nid]] = row + 1
+        height = node_height(info)
+        y = column_y.get(depth[nid], 60)
+        column_y[depth[nid]] = y + height + 70  # room for the title bar and a gap
         inputs, widgets = [], []
         for name in _input_order(info):
             type_, opts = _spec(info, name)
@@ -122,8 +143,8 @@ def api_to_ui(api: dict, object_info: dict, note: str = "") -> dict:
                 inputs.append({"name": name, "type": type_, "link": None})
         outputs = [{"name": (info.get("output_name") or info["output"])[i], "type": t, "links": [], "slot_index": i}
                    for i, t in enumerate(info["output"])]
-        ui_node = {"id": int(nid), "type": node["class_type"], "pos": [40 + 380 * depth[nid], 60 + 330 * row],
-                   "size": [340, 260], "flags": {}, "order": len(nodes), "mode": 0, "inputs": inputs,
+        ui_node = {"id": int(nid), "type": node["class_type"], "pos": [40 + COLUMN * depth[nid], y],
+                   "size": [NODE_WIDTH, height], "flags": {}, "order": len(nodes), "mode": 0, "inputs": inputs,
                    "outputs": outputs, "properties": {"Node name for S&R": node["class_type"]},
                    "widgets_values": widgets}
         title = (node.get("_meta") or {}).get("title")
@@ -252,7 +273,8 @@ NOTES = {
                  "er_sde / simple, flow shift 3. Prompt order: quality/meta/year/safety, count, character, series, "
                  "@artist, general tags, then natural language.",
     "anima_t2i_turbo": _ANIMA_FILES + "Turbo (LoRA or model): the sampler's turbo switch uses 8 steps at CFG 1 "
-                       "(8-12 steps, CFG 1 per the model card).",
+                       "(8-12 steps, CFG 1 per the model card). Pick the Turbo LoRA (models/loras/anima-turbo-lora*) "
+                       "in turbo_lora, or load a turbo model; with neither the sampler's report says so.",
     "anima_fp16": _ANIMA_FILES + "fp16 for GPUs without fast bf16: the loader's dtype fp16 keeps the residual stream "
                   "in fp32 (no overflow, no clamping). Otherwise as the base workflow: 30 steps, CFG 4, er_sde/simple.",
     "anima_fp8_nvfp4": _ANIMA_FILES + "Smaller and, on fp8 GPUs (RTX 40xx / SM 8.9+), faster: Model Compute Dtype "
