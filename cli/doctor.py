@@ -57,6 +57,10 @@ def cmd_doctor(args) -> int:
         size = f"{e['size'] / 1e9:.2f} GB" if e["size"] >= 1e8 else f"{e['size'] / 1e6:.1f} MB"
         extra = f"  sha256 {e['sha256'][:12]} (AutoV2 {doctor.autov2(e['sha256'])})" if e.get("sha256") else ""
         print(f"{e['id']}: {what}, {size}{extra}")
+        for te, ids in (e.get("companions") or {}).items():
+            print(f"    uses {te}: {', '.join(ids)}")
+        if e.get("used_by"):
+            print(f"    used by: {', '.join(e['used_by'])}")
         for p in e["problems"]:
             print(f"    - {p['why']}" + (f"  [fix: doctor --fix {p['fix']} {e['id']}]" if p.get("fix") else ""))
     head = doctor.summary(entries)

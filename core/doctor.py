@@ -30,8 +30,8 @@ KINDS = ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras")
 # ComfyUI's legacy folder names that hold the same kinds
 ALIASES = {"unet": "diffusion_models", "clip": "text_encoders"}
 MODEL_EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
-CACHE_VERSION = 5
-_SUMMARY_KEYS = ("not_opened", "vae_mismatch", "family", "variant", "layout", "precision", "quantization", "prediction", "ztsnr", "ema", "params",
+CACHE_VERSION = 6
+_SUMMARY_KEYS = ("text_encoder", "vae", "not_opened", "vae_mismatch", "family", "variant", "layout", "precision", "quantization", "prediction", "ztsnr", "ema", "params",
                  "kind", "components", "warnings", "modelspec", "lora")
 _DETAIL_KEYS = ("blocks", "width", "adapter_blocks", "text_encoder", "core_adapter_fits", "comfyui_loads_whole_since",
                 "extra_modules")
@@ -175,8 +175,55 @@ def relist(entries: list[dict], runtime=None) -> None:
     for e in entries:
         if e.get("sha256"):
             ctx["hashes"].setdefault(e["sha256"], []).append(e["id"])
+    _match_companions(entries)
     for e in entries:
         e["problems"] = problems(e, ctx)
+
+
+def _match_companions(entries: list[dict]) -> None:
+    """What can run: each denoiser's text encoders and VAE found in the library (entry["companions"],
+    or entry["missing"] with what to get), and for each text encoder / VAE the models that use it
+    (entry["used_by"]). The registry says what each family needs; the files say what they are."""
+    tes, vaes = {}, {}
+    for e in entries:
+        s = e.get("summary") or {}
+        if s.get("text_encoder"):
+            tes.setdefault(s["text_encoder"]["id"], []).append(e)
+        if s.get("vae"):
+            vaes.setdefault((s["vae"]["channels"], s["vae"]["rank"]), []).append(e)
+        e.pop("companions", None)
+        e.pop("missing", None)
+        e.pop("used_by", None)
+    for group in list(tes.values()) + list(vaes.values()):
+        for c in group:
+            c["used_by"] = []
+    for e in entries:
+        s = e.get("summary") or {}
+        comps = s.get("components") or {}
+        rec = registry.get(s.get("family"))
+        if not comps.get("denoiser") or rec is None or s.get("kind") == "lora":
+            continue
+        found, missing = {}, []
+        baked = set(comps.get("text_encoders") or [])
+        for te in registry.text_encoders(rec.id, s.get("variant")):
+            if te in baked:
+                continue
+            if te in tes:
+                found[te] = [c["id"] for c in tes[te]]
+                for c in tes[te]:
+                    c["used_by"].append(e["id"])
+            else:
+                missing.append(f"{te} in models/text_encoders")
+        if not comps.get("vae"):
+            if rec.vae_signature in vaes:
+                found["vae"] = [c["id"] for c in vaes[rec.vae_signature]]
+                for c in vaes[rec.vae_signature]:
+                    c["used_by"].append(e["id"])
+            else:
+                missing.append(f"{rec.vae} in models/vae")
+        e["companions"] = found
+        if missing:
+            e["missing"] = missing
 
 
 def _p(code, why, fix=None):
@@ -233,6 +280,11 @@ def problems(entry: dict, ctx: dict) -> list[dict]:
             out.append(_p("anima-core", f"a {d.get('blocks')}-block Anima: ComfyUI's stock loaders load it whole "
                           + (f"in {since}" if since else "in no version") + "; Modelsmith's Anima loader "
                           "loads it on any ComfyUI"))
+    if entry.get("missing"):
+        out.append(_p("missing-companion", "cannot run yet: get " + " and ".join(entry["missing"])))
+    if entry.get("used_by") == [] and s.get("kind") in ("text-encoder", "vae"):
+        serves = (s.get("text_encoder") or s.get("vae") or {}).get("serves") or []
+        out.append(_p("unused", "no model in this library uses it" + (f" (it serves {', '.join(serves)})" if serves else "")))
     lora = s.get("lora")
     if lora and lora.get("family") not in (None, "unknown"):
         models = ctx["models"]
@@ -331,7 +383,7 @@ def file_hash(path: str, cache: Cache, progress=None) -> str:
 # what a fix frees, as a share of the file's size: fp16 halves an fp32 file, pruning drops the EMA copy
 _FREES = {"fp32": 0.5, "ema": 0.5}
 # problems after which the model does not run (or runs wrong) as it is
-CANNOT_RUN = ("refused", "unreadable", "vae-mismatch", "vpred-markers", "anima-core", "lora-orphan")
+CANNOT_RUN = ("refused", "unreadable", "vae-mismatch", "vpred-markers", "anima-core", "lora-orphan", "missing-companion")
 
 
 def summary(entries: list[dict]) -> dict:

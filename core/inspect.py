@@ -10,7 +10,7 @@ import math
 import os
 
 from . import families as fam
-from . import registry
+from . import companions, registry
 from .errors import ModelsmithError, a
 from .families import CORE_ANIMA
 from ..kernels.formats import FP8_FORMATS, QUANT_FORMATS, SCALE_SUFFIXES, logical_columns, nf4_aux_keys, nf4_weights
@@ -167,12 +167,15 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
 
     if not den:
         report["layout"] = None
-        if "encoder." in heads or "decoder." in heads:
+        te = companions.text_encoder(tensors)
+        if ("encoder." in heads or "decoder." in heads) and not te:
             report["components"]["vae"] = True
             report["kind"] = "vae"
-        elif fam.text_encoder_id(tensors):
+            report["vae"] = companions.vae(tensors)
+        elif te:
             report["kind"] = "text-encoder"
-            report["components"]["text_encoders"] = [fam.text_encoder_id(tensors)]
+            report["components"]["text_encoders"] = [te["id"]]
+            report["text_encoder"] = te
         elif any(k.startswith(("text_model.", "encoder.block.", "shared.")) for k in names):
             report["kind"] = "text-encoder"
         else:
@@ -187,7 +190,7 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
         den.setdefault("scaled_fp8", tensors["scaled_fp8"])
     quant = _quant_formats(header, den, prefix or "", metadata)
     precision, report["params"] = _denoiser_stats(den, quant)
-    report["precision"] = precision if den else None
+    report["precision"] = precision if den else None  # the contract: the denoiser's (a VAE's or text encoder's is in its own object)
     if quant:
         report["quantized_layers"] = len(quant)
         counts = {}

@@ -58,6 +58,7 @@ class Family:
     pack_sampler: str | None = None     # the pack's sampler node made for it
     core_native: dict = field(default_factory=dict)  # what ComfyUI's own implementation of it builds
     files: dict = field(default_factory=dict)  # the official file names, by models folder (loader defaults)
+    sizes: tuple = ()  # size presets (name, width, height) of the pack's sampler for it, portrait first
 
     @property
     def latent_channels(self) -> int:
@@ -84,6 +85,11 @@ _NEXTDIT_KEEP = (r"(^|\.)(x_embedder|t_embedder|cap_embedder|siglip_embedder|fin
 _NEXTDIT_SIG = ("cap_embedder.1.weight",)
 _COSMOS_HEAD = ("pos_embedder", "extra_pos_embedder", "x_embedder", "t_embedder", "t_embedding_norm")
 _B_ALIAS = ((r"^B(\d+)$", "blocks.{0}"),)  # the pack's earlier Anima/Cosmos names (B00..) in recipes
+# SDXL's training buckets (~1 MP, multiples of 64) and Anima's ~1 MP sizes (multiples of 16)
+_SDXL_SIZES = (("1:1", 1024, 1024), ("3:4", 896, 1152), ("2:3", 832, 1216), ("9:16", 768, 1344), ("5:12", 640, 1536),
+               ("4:3", 1152, 896), ("3:2", 1216, 832), ("16:9", 1344, 768), ("12:5", 1536, 640))
+_ANIMA_SIZES = (("1:1", 1024, 1024), ("3:4", 896, 1152), ("2:3", 832, 1216), ("9:16", 768, 1344),
+                ("4:3", 1152, 896), ("3:2", 1216, 832), ("16:9", 1344, 768))
 
 FAMILIES: tuple[Family, ...] = (
     Family("sd1", "SD1", _SD_SIG, "eps",
@@ -104,7 +110,7 @@ FAMILIES: tuple[Family, ...] = (
            # v-prediction (with or without ZTSNR): NoobAI-XL v-pred's card, CFG 4-5 with rescale 0.7
            variants={"v": {"settings": dict(steps=28, cfg=4.5, sampler="euler", cfg_rescale=0.7)}},
            lora_style="sd1/sdxl", keep_high_nvfp4_file=_UNET_NVFP4, core_merge_node="ModelMergeSDXL",
-           vae_fp16_overflow=True, pack_sampler="ModelsmithSDXLSampler"),
+           vae_fp16_overflow=True, pack_sampler="ModelsmithSDXLSampler", sizes=_SDXL_SIZES),
     Family("sdxl-refiner", "SDXL refiner", _SD_SIG, "eps",
            dict(width=1024, height=1024, steps=25, cfg=6.0, sampler="euler", scheduler="normal"),
            ("clip-g",), "sdxl_vae.safetensors", (4, 4), 64, "stable-diffusion-xl-v1-refiner",
@@ -128,12 +134,13 @@ FAMILIES: tuple[Family, ...] = (
            lora_style="flux", core_merge_node="ModelMergeFlux1"),
     Family("flux2", "FLUX.2", ("double_stream_modulation_img.lin.weight",), "flow",
            dict(width=1024, height=1024, steps=20, cfg=1.0, sampler="euler", scheduler="simple", guidance=4.0),
-           ("mistral-3-small (dev) or qwen3 (klein)",), "the FLUX.2 VAE (32-channel)", (32, 4), 16, "flux-2-dev",
+           ("mistral-small-3.1",), "the FLUX.2 VAE (32-channel)", (32, 4), 16, "flux-2-dev",
            Blocks(head=("img_in", "time_in", "guidance_in", "txt_in", "double_stream_modulation_img",
                         "double_stream_modulation_txt", "single_stream_modulation"),
                   indexed=("double_blocks", "single_blocks"), tail=("final_layer",)),
            (r"(^|\.)(img_in|txt_in|time_in|guidance_in|final_layer)\.", r"(^|\.)(double|single)_stream_modulation", NORM),
-           ("Flux2",), variants={"klein-4b": {"modelspec": "flux-2-klein-4b"}, "klein-9b": {"modelspec": "flux-2-klein-9b"}},
+           ("Flux2",), variants={"klein-4b": {"modelspec": "flux-2-klein-4b", "text_encoders": ("qwen3-4b",)},
+                                 "klein-9b": {"modelspec": "flux-2-klein-9b", "text_encoders": ("qwen3-8b",)}},
            lora_style="flux"),
     Family("qwen-image", "Qwen-Image", ("txt_norm.weight",), "flow",
            dict(width=1328, height=1328, steps=20, cfg=2.5, sampler="euler", scheduler="simple", shift=3.1),
@@ -161,7 +168,7 @@ FAMILIES: tuple[Family, ...] = (
            ("Anima", "AnimaConfig"), lora_style="anima", fp16_overflow=True, pack_sampler="ModelsmithAnimaSampler",
            variants={"turbo": {"settings": dict(steps=8, cfg=1.0)}},  # the Turbo LoRA / model
            files={"diffusion_models": "anima-base-v1.0.safetensors", "text_encoders": "qwen_3_06b_base.safetensors",
-                  "vae": "qwen_image_vae.safetensors"},
+                  "vae": "qwen_image_vae.safetensors"}, sizes=_ANIMA_SIZES,
            # ComfyUI's native Anima (upstream PR 12012, January 2026): a fixed LLM adapter reading 1024-wide
            # Qwen3-0.6B states; 28 blocks for width 2048 whatever the file held, each tune at its own depth
            # from ComfyUI 0.33 on (upstream PR 15555). Header-only facts for the CLI; inside ComfyUI the
@@ -172,7 +179,7 @@ FAMILIES: tuple[Family, ...] = (
                         "any_depth_since": "ComfyUI >= 0.33"}),
     Family("cosmos-predict2", "Cosmos-Predict2", ("blocks.0.mlp.layer1.weight",), "flow",
            dict(width=1024, height=1024, steps=35, cfg=4.0, sampler="euler", scheduler="simple", shift=1.0),
-           ("t5xxl (old)",), "wan_2.1_vae.safetensors", (16, 5), 16, "cosmos-predict2",
+           ("t5xxl-old",), "wan_2.1_vae.safetensors", (16, 5), 16, "cosmos-predict2",
            Blocks(head=_COSMOS_HEAD, indexed=("blocks",), tail=("final_layer",), aliases=_B_ALIAS),
            # the same DiT as Anima without the adapter: its first block, embedders and final layer
            (r"(^|\.)blocks\.0\.", r"(^|\.)blocks\.1\.adaln_modulation", r"(^|\.)final_layer\.",
@@ -244,6 +251,29 @@ def for_config(class_names, unet_config: dict | None = None) -> str | None:
 def lora_fits(lora_style: str) -> tuple:
     """The families a LoRA of this key style applies to."""
     return tuple(f.id for f in FAMILIES if f.lora_style == lora_style)
+
+
+def text_encoders(family_id, variant=None) -> tuple:
+    """The text encoder ids a family (and variant: FLUX.2 klein reads Qwen3) needs."""
+    f = get(family_id)
+    if f is None:
+        return ()
+    return tuple(f.variants.get(variant, {}).get("text_encoders", f.text_encoders))
+
+
+def served_by_text_encoder(te_id: str) -> tuple:
+    """The families (with a variant, as "flux2 klein-4b") a text encoder serves."""
+    out = []
+    for f in FAMILIES:
+        if te_id in f.text_encoders:
+            out.append(f.id)
+        out += [f"{f.id} {v}" for v, d in f.variants.items() if te_id in d.get("text_encoders", ())]
+    return tuple(out)
+
+
+def served_by_vae(signature) -> tuple:
+    """The families whose VAE has this (latent channels, conv rank) signature."""
+    return tuple(f.id for f in FAMILIES if f.vae_signature == tuple(signature))
 
 
 def quantize_presets() -> list[str]:

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import math
 
-# (name, width, height), portrait first, then landscape twins
-SDXL_PRESETS = [("1:1", 1024, 1024), ("3:4", 896, 1152), ("2:3", 832, 1216), ("9:16", 768, 1344),
-                ("5:12", 640, 1536), ("4:3", 1152, 896), ("3:2", 1216, 832), ("16:9", 1344, 768),
-                ("12:5", 1536, 640)]
-ANIMA_PRESETS = [("1:1", 1024, 1024), ("3:4", 896, 1152), ("2:3", 832, 1216), ("9:16", 768, 1344),
-                 ("4:3", 1152, 896), ("3:2", 1216, 832), ("16:9", 1344, 768)]
+from . import registry
+
+# the size presets of a family are its registry record's `sizes` (name, width, height)
+SDXL_PRESETS = registry.get("sdxl").sizes
+ANIMA_PRESETS = registry.get("anima").sizes
 
 
 def preset_labels(presets) -> list[str]:

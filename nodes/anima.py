@@ -224,7 +224,7 @@ class ModelsmithAnimaSampler:
         for given, text, name in ((positive, positive_text, "positive"), (negative, negative_text, "negative")):
             if given is not None and text.strip():
                 lines.append(f"{name}: the connected CONDITIONING is used; the {name}_text box is not")
-        w, h = resolution.preset_size(size, resolution.ANIMA_PRESETS, resolution.snap(width, height, 16))
+        w, h = resolution.preset_size(size, resolution.ANIMA_PRESETS, resolution.snap(width, height, registry.get("anima").size_multiple))
         if size != "custom" and (width, height) != (w, h):
             lines.append(f"size {size}: the width/height widgets ({width}x{height}) are not used (choose size custom "
                          f"to use them)")

@@ -134,7 +134,7 @@ class ModelsmithSDXLSampler:
             warnings.append(f"size {size}: the width/height widgets ({width}x{height}) are not used (choose size "
                             f"custom to use them).")
         if latent_image is None:
-            w, h = resolution.preset_size(size, resolution.SDXL_PRESETS, resolution.snap(width, height, 64))
+            w, h = resolution.preset_size(size, resolution.SDXL_PRESETS, resolution.snap(width, height, registry.get("sdxl").size_multiple))
             latent_image = {"samples": torch.zeros([batch_size, 4, h // 8, w // 8],
                                                    device=comfy.model_management.intermediate_device())}
         (latent,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, positive, negative,

@@ -64,9 +64,11 @@ def build_models(root):
 
 EXPECTED = {
     "checkpoints/my model.ckpt": {"name", "pickle"},  # a scan never unpickles: EMA/fp32 show once converted
-    "checkpoints/vpred_nomarker.safetensors": {"vpred-markers"},
-    "checkpoints/says_sd1.safetensors": {"metadata-lies"},
-    "diffusion_models/anima-40.safetensors": {"anima-core"},
+    # the SDXL files hold no text encoders and the library none either; the Anima has neither its
+    # Qwen3 nor its video VAE here: each names what to get
+    "checkpoints/vpred_nomarker.safetensors": {"vpred-markers", "missing-companion"},
+    "checkpoints/says_sd1.safetensors": {"metadata-lies", "missing-companion"},
+    "diffusion_models/anima-40.safetensors": {"anima-core", "missing-companion"},
     "loras/for_3.8b.safetensors": {"lora-orphan"},
     "vae/sdxl_vae.safetensors": {"vae-fp16"},
     "checkpoints/evil.ckpt": {"refused"},
@@ -97,7 +99,7 @@ def test_cli_lists_every_file_with_its_problems(models, env):
     got = {e["id"]: {p["code"] for p in e["problems"]} for e in json.loads(r.stdout)}
     for fid, codes in EXPECTED.items():
         assert codes <= got[fid], (fid, got[fid])
-    assert got["checkpoints/copy.safetensors"] == {"vpred-markers"}  # duplicate only once hashed
+    assert got["checkpoints/copy.safetensors"] == {"vpred-markers", "missing-companion"}  # duplicate only once hashed
     assert all("path" not in e for e in json.loads(r.stdout))
     text = _cli(models, env=env).stdout
     assert "its metadata says v-prediction but it has no v_pred marker" in text and "[fix: doctor --fix markers" in text
@@ -192,7 +194,7 @@ def _expected_in_server():
     from comfy_env import builds_anima_at_file_depth
     exp = dict(EXPECTED)
     if builds_anima_at_file_depth():
-        exp["diffusion_models/anima-40.safetensors"] = set()
+        exp["diffusion_models/anima-40.safetensors"] = {"missing-companion"}
     return exp
 
 
@@ -331,3 +333,36 @@ def test_full_page_is_wide_with_summary_disk_picture_groups_and_actions(doctor_s
         for (name, w), bytes_ in zip(segs, parts.values()):
             assert abs(w / total - bytes_ / head["total_bytes"]) < 0.02, (kind, name)
     assert got["actions"] >= 3 and got["inProblems"] == 0
+
+
+def test_the_library_says_what_can_run(tmp_path):
+    """Each diffusion model with the text encoders and VAE found for it (its family's record says which),
+    a model whose companions are missing as a problem naming what to get, and a text encoder no model
+    uses as unused; the same in the CLI."""
+    import json as _json
+    from pathlib import Path
+
+    import test_companions as tc
+    keys = _json.loads((Path(__file__).parent / "data" / "key_tables.json").read_text())["models"]
+    models = tmp_path / "models"
+    for sub in ("diffusion_models", "text_encoders", "vae"):
+        (models / sub).mkdir(parents=True)
+    write_sparse(models / "diffusion_models" / "flux1.safetensors", {k: tuple(v) for k, v in keys["flux1"]["tensors"].items()})
+    write_sparse(models / "diffusion_models" / "qwen.safetensors", {k: tuple(v) for k, v in keys["qwen-image"]["tensors"].items()})
+    for name in ("clip_l.safetensors", "t5xxl_fp16.safetensors", "gemma_2_2b_fp16.safetensors"):
+        write_sparse(models / "text_encoders" / name, tc.TEXT_ENCODERS[name][0])
+    write_sparse(models / "vae" / "ae.safetensors", tc.VAES["ae.safetensors"][0])
+    entries = {e["id"]: e for e in doctor.scan({k: [str(models / k)] for k in ("diffusion_models", "text_encoders", "vae")})}
+    flux = entries["diffusion_models/flux1.safetensors"]
+    assert flux["companions"] == {"clip-l": ["text_encoders/clip_l.safetensors"],
+                                  "t5xxl": ["text_encoders/t5xxl_fp16.safetensors"], "vae": ["vae/ae.safetensors"]}
+    assert [p["code"] for p in flux["problems"]] == ["fp32"]  # the tiny model is fp32; nothing missing
+    qwen = entries["diffusion_models/qwen.safetensors"]
+    why = " ".join(p["why"] for p in qwen["problems"] if p["code"] == "missing-companion")
+    assert "qwen2.5-vl-7b in models/text_encoders" in why and "qwen_image_vae.safetensors in models/vae" in why
+    assert entries["text_encoders/clip_l.safetensors"]["used_by"] == ["diffusion_models/flux1.safetensors"]
+    gemma = entries["text_encoders/gemma_2_2b_fp16.safetensors"]
+    assert [p["code"] for p in gemma["problems"]] == ["unused"] and "lumina2" in gemma["problems"][0]["why"]
+    assert doctor.summary(list(entries.values()))["cannot_run"] == ["diffusion_models/qwen.safetensors"]
+    r = _cli(models, "--no-cache")
+    assert "uses clip-l: text_encoders/clip_l.safetensors" in r.stdout and "no model in this library uses it" in r.stdout

@@ -208,6 +208,14 @@ export function renderDoctor(root, fetchApi, opts = {}) {
           } else if (key === "id") {
             td.textContent = f.id.slice(folder.length + 1);
             td.title = f.id;
+            // what it runs with (a model) or who uses it (a text encoder / VAE)
+            const uses = Object.entries(f.companions || {}).map(([k, ids]) => `${k}: ${ids.map((i) => i.split("/").pop()).join(", ")}`);
+            const line = uses.length ? "uses " + uses.join("; ") : f.used_by && f.used_by.length ? "used by " + f.used_by.length + " model(s)" : "";
+            if (line) {
+              const d = el("div", "modelsmith-doctor-uses", line);
+              d.style.cssText = "font-size:11px;opacity:0.75";
+              td.append(d);
+            }
           } else {
             td.textContent = value(f, key);
           }
