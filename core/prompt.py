@@ -318,5 +318,19 @@ def build(convention: str = "anima", *, quality="", score="", period="", rating=
     return render(p, convention)
 
 
+def anima_advice(text: str) -> list[str]:
+    """The seed guide's fixes for Anima's common complaints, for a prompt: no artist tag (the style
+    varies from image to image) and tags only (plain, monotone backgrounds)."""
+    items = parse(text).items
+    notes = []
+    if not any(i.kind == "artist" for i in items):
+        notes.append("No artist tag: Anima's style will vary from image to image; add an @artist tag for a "
+                     "steady style.")
+    if items and not any(i.kind == "nl" for i in items):
+        notes.append("Danbooru tags only: Anima tends to give plain, monotone backgrounds; add a natural-language "
+                     "description of the scene (the description field).")
+    return notes
+
+
 def negative(convention: str) -> str:
     return NEGATIVE[convention]

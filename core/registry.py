@@ -276,6 +276,22 @@ def served_by_vae(signature) -> tuple:
     return tuple(f.id for f in FAMILIES if f.vae_signature == tuple(signature))
 
 
+def settings_advice(family_id, width, height, steps, cfg, variant=None) -> list[str]:
+    """Sentences for sampler settings far from the family's recommended ones: the area outside half to
+    twice the recommended, steps outside half to twice, CFG more than 2 away."""
+    rec = settings(family_id, variant)
+    out = []
+    area, want = width * height, rec["width"] * rec["height"]
+    if not want / 2 <= area <= want * 2:
+        out.append(f"{width}x{height} is far from the ~{want / 2**20:.1f} MP this model was trained at "
+                   f"(recommended {rec['width']}x{rec['height']} or another bucket of that area).")
+    if not rec["steps"] / 2 <= steps <= rec["steps"] * 2:
+        out.append(f"{steps} steps: about {rec['steps']} are recommended.")
+    if abs(cfg - rec["cfg"]) > 2:
+        out.append(f"CFG {cfg:g}: about {rec['cfg']:g} is recommended.")
+    return out
+
+
 def quantize_presets() -> list[str]:
     """The preset names a user can pick: one per family."""
     return [f.id for f in FAMILIES]

@@ -228,6 +228,7 @@ class ModelsmithAnimaSampler:
         if size != "custom" and (width, height) != (w, h):
             lines.append(f"size {size}: the width/height widgets ({width}x{height}) are not used (choose size custom "
                          f"to use them)")
+        lines += registry.settings_advice("anima", w, h, steps, cfg, "turbo" if turbo else None)
         latent = {"samples": torch.zeros([batch_size, 16, 1, h // 8, w // 8],
                                          device=comfy.model_management.intermediate_device())}
         (out,) = comfy_nodes.common_ksampler(model, seed, steps, cfg, sampler_name, scheduler, pos, neg, latent)

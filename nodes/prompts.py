@@ -57,6 +57,8 @@ class ModelsmithAnimaPrompt:
         # what the convention respelled or dropped, as the CLI shows it
         typed = ", ".join(v for v in fields.values() if v and v.strip())
         notes = [n for n in P.conversion_notes(typed, convention)]
+        if convention == "anima":  # the guide's fixes for Anima's common complaints
+            notes += P.anima_advice(pos)
         pc = nc = None
         if clip is not None:
             pc, nc = _encode(clip, pos), _encode(clip, neg)

@@ -252,10 +252,14 @@ def test_turbo_is_8_steps_at_cfg_1(comfy, anima_files):
     args = dict(positive_text="1girl", negative_text="", size="custom", width=32, height=32, sampler_name="euler",
                 scheduler="simple", seed=3, clip=clip)
     turbo = s.sample(model, steps=30, cfg=4.0, turbo=True, **args)["result"][0]["samples"]
-    plain = s.sample(model, steps=8, cfg=1.0, turbo=False, **args)["result"][0]["samples"]
+    ran = s.sample(model, steps=8, cfg=1.0, turbo=False, **args)
+    plain = ran["result"][0]["samples"]
     other = s.sample(model, steps=30, cfg=4.0, turbo=False, **args)["result"][0]["samples"]
     assert torch.equal(turbo, plain) and not torch.equal(turbo, other)
     assert turbo.shape == (1, 16, 1, 4, 4)
+    # settings far from the record's (30 steps, CFG 4, ~1 MP) are named in the report
+    report = ran["ui"]["text"][0]
+    assert "32x32 is far from" in report and "8 steps: about 30" in report and "CFG 1: about 4" in report
 
 
 

@@ -208,3 +208,24 @@ def test_bad_input_gives_a_usable_result(text):
         assert isinstance(out, str)
         assert "\x00" not in out and "\x1b" not in out
         assert P.normalize(out, conv) == out
+
+
+def test_anima_troubleshooting_notes_from_the_guide():
+    """No artist tag -> the style varies; Danbooru tags only -> plain backgrounds; neither note once an
+    @artist and a description are there; other conventions get none."""
+    from modelsmith.core import prompt as P
+    plain = P.build("anima", quality="masterpiece", count="1girl", general="smile, long hair")
+    notes = P.anima_advice(plain)
+    assert any("No artist tag" in n and "@artist" in n for n in notes)
+    assert any("Danbooru tags only" in n and "natural-language" in n for n in notes)
+    full = P.build("anima", quality="masterpiece", count="1girl", artist="wlop", general="smile",
+                   description="A girl smiles in a sunlit garden full of roses.")
+    assert P.anima_advice(full) == []
+
+
+def test_sampler_settings_far_from_the_record_are_named():
+    from modelsmith.core import registry
+    assert registry.settings_advice("anima", 1024, 1024, 30, 4.0) == []
+    far = registry.settings_advice("anima", 512, 512, 100, 9.0)
+    assert len(far) == 3 and "1.0 MP" in far[0] and "about 30" in far[1] and "about 4" in far[2]
+    assert registry.settings_advice("anima", 1024, 1024, 8, 1.0, "turbo") == []  # turbo's own settings

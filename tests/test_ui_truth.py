@@ -111,6 +111,18 @@ def test_prompt_builder_shows_what_the_convention_dropped(comfy):
     assert "newest" not in out["result"][0]
 
 
+def test_prompt_builder_shows_the_guides_anima_advice(comfy):
+    import nodes
+    b = nodes.NODE_CLASS_MAPPINGS["ModelsmithAnimaPrompt"]()
+    shown = "\n".join(b.build("anima", "masterpiece", "", "", "safe", "1girl", "", "", "", "smile", "")["ui"]["text"])
+    assert "No artist tag" in shown and "Danbooru tags only" in shown
+    shown = "\n".join(b.build("anima", "masterpiece", "", "", "safe", "1girl", "", "", "wlop", "smile",
+                              "She smiles in a garden.")["ui"]["text"])
+    assert "No artist tag" not in shown and "Danbooru tags only" not in shown
+    shown = "\n".join(b.build("pony", "masterpiece", "", "", "safe", "1girl", "", "", "", "smile", "")["ui"]["text"])
+    assert "No artist tag" not in shown  # Anima's advice, for Anima prompts only
+
+
 def test_anima_loader_lists_only_files_that_exist(comfy, tmp_path, monkeypatch):
     """In an empty folder the loader lists nothing (no default name shown as if present)."""
     import folder_paths
