@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from .errors import ModelsmithError, a
+from .families import POSITION_IDS_KEYS
 
 DTYPES = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}
 FLOAT = {"F16", "BF16", "F32", "F64"}
@@ -99,6 +100,9 @@ def plan(table: dict, *, dtype=None, ema="keep", vae="keep", vae_table=None) -> 
             if tuple(table[src_key][1]) != tuple(shape):
                 raise ModelsmithError(f"EMA tensor {src_key} has shape {table[src_key][1]}, model has {shape}")
         out_dt = DTYPES[dtype] if dtype and dt in FLOAT else dt
+        if k in POSITION_IDS:  # always written exact, in int64 (damaged by old A1111 merges)
+            out[k] = ("position_ids", src_key, "I64", shape)
+            continue
         out[k] = ("model", src_key, out_dt, shape)
     if vae_table is not None:
         for k, (dt, shape) in vae_table.items():
@@ -143,6 +147,31 @@ def _check_vae_fits(vae_path, vae_table, report) -> None:
                               f"give broken images; pick a VAE of its family (or keep the baked-in one)")
 
 
+POSITION_IDS = frozenset(POSITION_IDS_KEYS)
+
+
+def exact_position_ids(shape, dtype=None):
+    """0..n-1 in the stored shape (usually [1, 77]), int64 unless a dtype is given."""
+    import torch
+    n = shape[-1] if shape else 0
+    return torch.arange(n, dtype=torch.int64).reshape(shape).to(dtype or torch.int64)
+
+
+def fix_position_ids(src: str, out: str, *, progress=None) -> str:
+    """A copy with exact int64 position ids and every other tensor and the metadata as they were
+    (byte-identical), streamed tensor by tensor and written atomically beside the original."""
+    from .stream import AtomicWriter, Reader
+    with Reader(src) as r:
+        entries = {k: ((r.info(k)[0], r.info(k)[1]) if k not in POSITION_IDS else ("I64", r.info(k)[1])) for k in r.keys()}
+        keys = list(entries)
+        with AtomicWriter(out, entries, dict(r.metadata or {})) as w:
+            for i, k in enumerate(keys):
+                w.add(k, exact_position_ids(entries[k][1]) if k in POSITION_IDS else r.get(k))
+                if progress:
+                    progress(i + 1, len(keys))
+    return out
+
+
 def run_convert(src_path, output, *, dtype="fp16", ema="keep", vae="keep", overwrite=False, progress=None,
                 title=None) -> dict:
     """Convert `src_path` into a safetensors file at `output`. vae: 'keep', 'strip' or a VAE file path."""
@@ -178,7 +207,9 @@ def run_convert(src_path, output, *, dtype="fp16", ema="keep", vae="keep", overw
         with AtomicWriter(output, {k: (v[2], v[3]) for k, v in p.items()}, meta, overwrite=overwrite,
                           hash_key="modelspec.hash_sha256") as w:
             for i, (k, (where, sk, dt, shape)) in enumerate(p.items()):
-                if where == "vae":
+                if where == "position_ids":
+                    t = exact_position_ids(shape)
+                elif where == "vae":
                     t = vae_src.get(vae_keys[sk])
                 elif sk in nf4:
                     t = k_nf4.dequantize_layer(src.get, sk, state=nf4[sk])

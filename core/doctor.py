@@ -30,8 +30,8 @@ KINDS = ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras")
 # ComfyUI's legacy folder names that hold the same kinds
 ALIASES = {"unet": "diffusion_models", "clip": "text_encoders"}
 MODEL_EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
-CACHE_VERSION = 6
-_SUMMARY_KEYS = ("text_encoder", "vae", "not_opened", "vae_mismatch", "family", "variant", "layout", "precision", "quantization", "prediction", "ztsnr", "ema", "params",
+CACHE_VERSION = 7
+_SUMMARY_KEYS = ("position_ids", "text_encoder", "vae", "not_opened", "vae_mismatch", "family", "variant", "layout", "precision", "quantization", "prediction", "ztsnr", "ema", "params",
                  "kind", "components", "warnings", "modelspec", "lora")
 _DETAIL_KEYS = ("blocks", "width", "adapter_blocks", "text_encoder", "core_adapter_fits", "comfyui_loads_whole_since",
                 "extra_modules")
@@ -266,6 +266,9 @@ def problems(entry: dict, ctx: dict) -> list[dict]:
     if s.get("vae_mismatch"):
         out.append(_p("vae-mismatch", "its baked-in VAE belongs to another family: images come out broken; load "
                       "a VAE of its family or convert with one baked in"))
+    if s.get("position_ids"):
+        out.append(_p("position-ids", "damaged CLIP position_ids (an AUTOMATIC1111 Add Difference merge from before "
+                      "2023-01-15): A1111, Forge and diffusers weaken or ignore those token positions", "position-ids"))
     if s.get("ema"):
         out.append(_p("ema", "EMA weights kept: about twice the size, and sampling uses only one copy", "prune"))
     if has_denoiser and s.get("precision") == "fp32":
@@ -419,7 +422,7 @@ def summary(entries: list[dict]) -> dict:
             "cannot_run": cannot, "by_family": order(by_family), "by_precision": order(by_precision)}
 
 
-FIXES = ("convert", "markers", "prune", "fp16", "rename")
+FIXES = ("convert", "markers", "prune", "fp16", "rename", "position-ids")
 
 
 def fix_output(path: str, action: str) -> str:
@@ -427,7 +430,7 @@ def fix_output(path: str, action: str) -> str:
     stem = os.path.splitext(name)[0]
     if action == "rename":
         return os.path.join(folder, safe_filename(name))
-    suffix = {"convert": "", "markers": "-vpred", "prune": "-pruned", "fp16": "-fp16"}[action]
+    suffix = {"convert": "", "markers": "-vpred", "prune": "-pruned", "fp16": "-fp16", "position-ids": "-fixed-ids"}[action]
     return os.path.join(folder, safe_filename(stem + suffix) + ".safetensors")
 
 
@@ -515,6 +518,9 @@ def _apply_fix(entry, action, src, out, read_path, replace, progress):
         run_convert(read_path, out, dtype="fp16", ema="keep", progress=progress)
     elif action == "markers":
         add_vpred_markers(read_path, out, ztsnr=False, progress=progress)
+    elif action == "position-ids":
+        from .convert import fix_position_ids
+        fix_position_ids(read_path, out, progress=progress)
     if replace:
         return _take_the_place(entry, src, out, action)
     return {"output": out, "action": action}

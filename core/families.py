@@ -270,3 +270,29 @@ def text_encoders_in(heads: set) -> list[str]:
     """Text encoders baked into a single-file checkpoint, from its prefix_set(), in a fixed order."""
     found = {enc for prefix, enc in TEXT_ENCODER_PREFIXES if prefix in heads}
     return [e for e in ("clip-l", "clip-h", "clip-g", "t5xxl", "qwen3-0.6b") if e in found]
+
+
+# CLIP text models store `position_ids` (0..76) as a tensor. AUTOMATIC1111's Checkpoint Merger cast them
+# to float and, with Add Difference before 2023-01-15, left values off an integer (75.9999 read back as
+# 75): tools that use the stored ids (A1111, Forge, diffusers) then weaken or drop that token position.
+POSITION_IDS_KEYS = ("cond_stage_model.transformer.text_model.embeddings.position_ids",
+                     "cond_stage_model.transformer.embeddings.position_ids",
+                     "conditioner.embedders.0.transformer.text_model.embeddings.position_ids",
+                     "conditioner.embedders.1.transformer.text_model.embeddings.position_ids",
+                     "text_encoders.clip_l.transformer.text_model.embeddings.position_ids",
+                     "text_encoders.clip_g.transformer.text_model.embeddings.position_ids",
+                     "text_model.embeddings.position_ids")
+
+
+def position_ids_keys(names) -> list[str]:
+    return [k for k in POSITION_IDS_KEYS if k in names]
+
+
+def damaged_positions(dtype: str, values) -> list[int] | None:
+    """The positions whose stored id is not exactly its index (or every position of a float tensor
+    with exact values: [] with a float dtype is still damage); None when the ids are healthy."""
+    off = [i for i, v in enumerate(values) if v != i]
+    if off or dtype not in ("I64", "I32"):
+        return off
+    return None
+

@@ -238,8 +238,38 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
                                 f"Modelsmith follows the tensors. If the file really is {mp}, set the "
                                 f"loader's prediction override.")
 
+    _check_position_ids(report, tensors, values)
     _warn(report, tensors, source)
     return report
+
+
+def _check_position_ids(report, tensors, values) -> None:
+    """Damaged CLIP position ids (an old A1111 Add Difference merge): which positions are off."""
+    damaged = {}
+    for key in fam.position_ids_keys(tensors):
+        dtype, shape = tensors[key]
+        vals = values(key)
+        if vals is None or len(vals) > 1024:
+            continue
+        off = fam.damaged_positions(dtype, vals)
+        if off is not None:
+            damaged[key] = {"dtype": dtype, "positions": off, "values": [float(f"{vals[i]:.7g}") for i in off[:8]]}
+    if not damaged:
+        return
+    report["position_ids"] = damaged
+    parts = []
+    for key, d in damaged.items():
+        where = key.split(".transformer.")[0]
+        if d["positions"]:
+            shown = ", ".join(f"{i} (stored {v:.7g})" for i, v in zip(d["positions"][:8], d["values"]))
+            more = f" and {len(d['positions']) - 8} more" if len(d["positions"]) > 8 else ""
+            parts.append(f"{where}: positions {shown}{more}")
+        else:
+            parts.append(f"{where}: stored as {d['dtype']} instead of integers")
+    report["warnings"].append(
+        "Damaged CLIP position_ids (" + "; ".join(parts) + "), as AUTOMATIC1111's Add Difference merges made them "
+        "before 2023-01-15: tools that use the stored ids (A1111, Forge, diffusers) weaken or ignore those token "
+        "positions; ComfyUI rebuilds them. `modelsmith convert` or the Model Doctor's position-ids fix writes exact ones.")
 
 
 def _read_values(header, tensors, name):
@@ -347,7 +377,7 @@ def inspect_file(path: str | os.PathLike, *, open_pickles: bool = True) -> dict:
         if not open_pickles:
             return pickle_not_opened(path)
         from .pickle_child import pickle_table
-        tensors, probe = pickle_table(path, probe_names=tuple(fam.SD2_V_PROBE.values()))
+        tensors, probe = pickle_table(path, probe_names=tuple(fam.SD2_V_PROBE.values()) + fam.POSITION_IDS_KEYS)
         report = inspect_tensors(tensors, {}, source="pickle", values=probe.get)
         report["file"] = {"path": path, "format": "pickle", "size": os.path.getsize(path)}
         return report

@@ -193,6 +193,8 @@ def run_merge(recipe: Recipe, output: str, *, overwrite=False, progress=None, me
     """Stream the merge of recipe.inputs into `output`. Returns a report (counts, warnings, path)."""
     from .inspect import inspect_file
     from .modelspec import modelspec_for
+    from .convert import exact_position_ids
+    from .families import POSITION_IDS_KEYS
     from .stream import AtomicWriter, Reader, check_output_path, prefetched, torch_dtype
 
     recipe.validate()
@@ -241,7 +243,7 @@ def run_merge(recipe: Recipe, output: str, *, overwrite=False, progress=None, me
             dt = info.dtype
             if out_dtype and dt in ("F32", "F16", "BF16"):
                 dt = {"fp16": "F16", "bf16": "BF16", "fp32": "F32"}[out_dtype]
-            entries[k] = (dt, info.shape)
+            entries[k] = ("I64" if k in POSITION_IDS_KEYS else dt, info.shape)
         counts["only_in_b"] = sum(1 for k in rb.keys() if k not in ra)
         meta = modelspec_for(reports[0], title=os.path.splitext(os.path.basename(output))[0],
                              merged_from=[os.path.basename(p) for p in recipe.inputs])
@@ -264,7 +266,10 @@ def run_merge(recipe: Recipe, output: str, *, overwrite=False, progress=None, me
             for i, (k, (a, b, c, what)) in enumerate(prefetched(entries, load)):
                 dt = entries[k][0]
                 counts[what] += 1
-                out = merge_tensor(recipe, k, a, b, c, family, torch_dtype(dt)) if what == "merged" else a
+                if k in POSITION_IDS_KEYS:  # ids, not weights: exact int64 whatever the inputs hold
+                    out = exact_position_ids(tuple(a.shape))
+                else:
+                    out = merge_tensor(recipe, k, a, b, c, family, torch_dtype(dt)) if what == "merged" else a
                 del a, b, c
                 w.add(k, out.to(torch_dtype(dt)))
                 del out

@@ -264,6 +264,9 @@ def decode_floats(dtype: str, data: bytes) -> list[float]:
     if dtype == "BF16":
         halves = struct.unpack(f"<{len(data) // 2}H", data)
         return list(struct.unpack(f"<{len(halves)}f", struct.pack(f"<{len(halves)}I", *(h << 16 for h in halves))))
+    if dtype in ("I64", "I32"):  # integer tensors (position ids) as floats
+        size = 8 if dtype == "I64" else 4
+        return [float(x) for x in struct.unpack(f"<{len(data) // size}{'q' if size == 8 else 'i'}", data)]
     raise SafetensorsError(f"cannot decode {dtype} values")
 
 
