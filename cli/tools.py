@@ -80,6 +80,24 @@ def register(sub) -> None:
     m.add_argument("--keep-name", action="store_true")
     m.set_defaults(func=cmd_merge)
     register_quantize(sub)
+    from ..core.publish import LICENSES
+    p = sub.add_parser("publish", help="prepare a model folder for uploading: fp16, pruned, safetensors, model card")
+    p.add_argument("input", help="the model (.safetensors, or a .ckpt read through the guard)")
+    p.add_argument("outdir", help="the folder to write (created; nothing in it is replaced)")
+    p.add_argument("--title", help="the model's name (default: the file's); the file name is its ASCII form")
+    p.add_argument("--license", choices=LICENSES, default="other")
+    p.add_argument("--repo", help="the Hugging Face repository for the printed upload command (user/name)")
+    p.set_defaults(func=cmd_publish)
+
+
+def cmd_publish(args) -> int:
+    from ..core.publish import publish
+    rep = publish(args.input, args.outdir, title=args.title, license=args.license, repo=args.repo,
+                  progress=common.progress("publish"))
+    print(f"wrote {rep['model']} (sha256 {rep['sha256']})")
+    print(f"wrote {rep['card']}")
+    print(f"upload (not run): {rep['upload']}")
+    return 0
 
 
 def register_quantize(sub) -> None:

@@ -173,7 +173,7 @@ def fix_position_ids(src: str, out: str, *, progress=None) -> str:
 
 
 def run_convert(src_path, output, *, dtype="fp16", ema="keep", vae="keep", overwrite=False, progress=None,
-                title=None) -> dict:
+                title=None, extra_metadata=None) -> dict:
     """Convert `src_path` into a safetensors file at `output`. vae: 'keep', 'strip' or a VAE file path."""
     from .inspect import inspect_file, inspect_tensors
     from .modelspec import modelspec_for
@@ -204,6 +204,7 @@ def run_convert(src_path, output, *, dtype="fp16", ema="keep", vae="keep", overw
         out_report = inspect_tensors({k: (v[2], v[3]) for k, v in p.items()}, {})
         meta = modelspec_for({**report, "layout": out_report["layout"]},
                              title=title or os.path.splitext(os.path.basename(output))[0])
+        meta.update(extra_metadata or {})
         with AtomicWriter(output, {k: (v[2], v[3]) for k, v in p.items()}, meta, overwrite=overwrite,
                           hash_key="modelspec.hash_sha256") as w:
             for i, (k, (where, sk, dt, shape)) in enumerate(p.items()):

@@ -157,11 +157,51 @@ class ModelsmithConvertCheckpoint:
         return {"ui": {"text": [text]}, "result": (out,)}
 
 
+class ModelsmithPublish:
+    DESCRIPTION = ("Prepares a model for uploading, as the seed guide advises: a folder in output/publish with the "
+                   "model in fp16, EMA pruned, safetensors, under an ASCII name, with ModelSpec metadata (title, "
+                   "architecture, prediction, resolution, licence, sha256), and a Hugging Face model card "
+                   "(README.md). Shows the upload command; never runs it, never overwrites.")
+    CATEGORY = "modelsmith/model tools"
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("folder",)
+    FUNCTION = "publish"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        from ..core.publish import LICENSES
+        return {"required": {
+            "ckpt_name": (folder_paths.get_filename_list("checkpoints"), {"tooltip": "A checkpoint in models/checkpoints."}),
+            "title": ("STRING", {"default": "", "tooltip": "The model's name (empty: the file's)."}),
+            "license": (list(LICENSES), {"default": "other", "tooltip": "The licence id for the model card."}),
+            "folder_name": ("STRING", {"default": "my-model", "tooltip": "The folder in output/publish to write."}),
+        }}
+
+    def publish(self, ckpt_name, title, license, folder_name):
+        from ..core.publish import publish
+        src = folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)
+        folder = os.path.join(folder_paths.get_output_directory(), "publish", _plain_name(folder_name))
+        rep = publish(src, folder, title=title.strip() or None, license=license, progress=_progress_bar())
+        text = f"wrote {rep['model']}\nwrote {rep['card']}\nsha256 {rep['sha256']}\nupload (not run): {rep['upload']}"
+        return {"ui": {"text": [text]}, "result": (folder,)}
+
+
+def _plain_name(name: str) -> str:
+    from ..core.files import safe_filename
+    name = (name or "").strip()
+    if not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise ModelsmithError(f"folder name {name!r}: give a plain folder name (no '/', '..' or absolute paths)")
+    return safe_filename(name)
+
+
 NODE_CLASS_MAPPINGS = {
     "ModelsmithMergeCheckpoints": ModelsmithMergeCheckpoints,
     "ModelsmithConvertCheckpoint": ModelsmithConvertCheckpoint,
+    "ModelsmithPublish": ModelsmithPublish,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "ModelsmithMergeCheckpoints": "Merge Checkpoints, Streaming (Modelsmith)",
     "ModelsmithConvertCheckpoint": "Convert / Prune Checkpoint (Modelsmith)",
+    "ModelsmithPublish": "Prepare Model for Publishing (Modelsmith)",
 }
