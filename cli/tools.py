@@ -88,6 +88,26 @@ def register(sub) -> None:
     p.add_argument("--license", choices=LICENSES, default="other")
     p.add_argument("--repo", help="the Hugging Face repository for the printed upload command (user/name)")
     p.set_defaults(func=cmd_publish)
+    b = sub.add_parser("merge-lora", help="bake LoRAs into a model, streaming: MODEL LORA[:STRENGTH] ... OUT")
+    b.add_argument("items", nargs="+", help="MODEL, one or more LORA[:STRENGTH] (default strength 1), then OUT")
+    b.add_argument("--overwrite", action="store_true")
+    b.add_argument("--keep-name", action="store_true")
+    b.set_defaults(func=cmd_merge_lora)
+
+
+def cmd_merge_lora(args) -> int:
+    from ..core.bake import bake, parse_lora_arg
+    if len(args.items) < 3:
+        print("modelsmith: merge-lora needs MODEL LORA[:STRENGTH] [...] OUT", file=sys.stderr)
+        return 2
+    model, *loras, output = args.items
+    out = common.output_path(output, args.keep_name)
+    rep = bake(model, [parse_lora_arg(x) for x in loras], out, overwrite=args.overwrite,
+               progress=common.progress("merge-lora"))
+    for w in rep["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"wrote {rep['output']} ({rep['layers']} layers changed)")
+    return 0
 
 
 def cmd_publish(args) -> int:

@@ -157,6 +157,44 @@ class ModelsmithConvertCheckpoint:
         return {"ui": {"text": [text]}, "result": (out,)}
 
 
+class ModelsmithBakeLoras:
+    DESCRIPTION = ("Bakes up to three LoRAs (LoRA, LoCon, LoHa, LoKr; kohya, PEFT, diffusion_model, net names; "
+                   "text-encoder parts into the file's text encoders) into a new checkpoint or diffusion model, "
+                   "streaming; the weights equal ComfyUI's LoRA loader at the same strengths. A LoRA for another "
+                   "model is refused before anything is written.")
+    CATEGORY = "modelsmith/model tools"
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    FUNCTION = "bake"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = [f"checkpoints/{n}" for n in folder_paths.get_filename_list("checkpoints")] + \
+                [f"diffusion_models/{n}" for n in folder_paths.get_filename_list("diffusion_models")]
+        loras = ["none"] + folder_paths.get_filename_list("loras")
+        req = {"model_file": (files or ["(no model files found)"],)}
+        for i in (1, 2, 3):
+            req[f"lora_{i}"] = (loras, {"default": "none"})
+            req[f"strength_{i}"] = ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05})
+        req.update(output_name=("STRING", {"default": "baked"}),
+                   destination=(DESTINATIONS, {"default": "output/checkpoints"}), overwrite=("BOOLEAN", {"default": False}))
+        return {"required": req}
+
+    def bake(self, model_file, output_name, destination, overwrite, **kw):
+        from ..core.bake import bake
+        folder, _, name = model_file.partition("/")
+        src = folder_paths.get_full_path_or_raise(folder, name)
+        loras = [(folder_paths.get_full_path_or_raise("loras", kw[f"lora_{i}"]), kw[f"strength_{i}"])
+                 for i in (1, 2, 3) if kw.get(f"lora_{i}", "none") != "none"]
+        if not loras:
+            raise ModelsmithError("Bake LoRAs: choose at least one LoRA")
+        out = output_path(output_name, destination, overwrite=overwrite)
+        rep = bake(src, loras, out, overwrite=overwrite, progress=_progress_bar())
+        text = "\n".join([f"wrote {out} ({rep['layers']} layers changed)"] + [f"warning: {w}" for w in rep["warnings"]])
+        return {"ui": {"text": [text]}, "result": (out,)}
+
+
 class ModelsmithPublish:
     DESCRIPTION = ("Prepares a model for uploading, as the seed guide advises: a folder in output/publish with the "
                    "model in fp16, EMA pruned, safetensors, under an ASCII name, with ModelSpec metadata (title, "
@@ -199,9 +237,11 @@ NODE_CLASS_MAPPINGS = {
     "ModelsmithMergeCheckpoints": ModelsmithMergeCheckpoints,
     "ModelsmithConvertCheckpoint": ModelsmithConvertCheckpoint,
     "ModelsmithPublish": ModelsmithPublish,
+    "ModelsmithBakeLoras": ModelsmithBakeLoras,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "ModelsmithMergeCheckpoints": "Merge Checkpoints, Streaming (Modelsmith)",
     "ModelsmithConvertCheckpoint": "Convert / Prune Checkpoint (Modelsmith)",
     "ModelsmithPublish": "Prepare Model for Publishing (Modelsmith)",
+    "ModelsmithBakeLoras": "Bake LoRAs into Model (Modelsmith)",
 }
