@@ -58,7 +58,8 @@ def model_card(report: dict, *, title: str, license: str, files: list[tuple[str,
                  + (" and zero terminal SNR (rescale CFG ~0.7)" if ztsnr else "") + "; an eps sampler gives gray "
                  "or noisy images."]
     body += ["", "## Files", "", "| file | size | sha256 |", "| --- | --- | --- |"]
-    body += [f"| {name} | {size / 1e9:.2f} GB | `{sha}` |" for name, size, sha in files]
+    body += [f"| {name} | {size / 1e9:.2f} GB | `{sha}` |" if size >= 1e8 else f"| {name} | {size / 1e6:.1f} MB | `{sha}` |"
+             for name, size, sha in files]
     body += ["", "Prepared with Modelsmith (fp16, EMA pruned, safetensors, ModelSpec metadata)."]
     return "\n".join(front) + "\n\n" + "\n".join(body) + "\n"
 
