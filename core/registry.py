@@ -60,10 +60,11 @@ class Family:
     files: dict = field(default_factory=dict)  # the official file names, by models folder (loader defaults)
     sizes: tuple = ()  # size presets (name, width, height) of the pack's sampler for it, portrait first
     base_model: str | None = None  # the Hugging Face repository of the base model (model cards' base_model)
+    latent: int = 0  # the sampler latent's channels where they are not the VAE's (FLUX.2 packs 2x2 of 32)
 
     @property
     def latent_channels(self) -> int:
-        return self.vae_signature[0]
+        return self.latent or self.vae_signature[0]
 
 
 _UNET_KEEP = (r"(^|\.)input_blocks\.0\.", r"(^|\.)out\.", r"(^|\.)time_embed\.", NORM)
@@ -141,7 +142,7 @@ FAMILIES: tuple[Family, ...] = (
                         "double_stream_modulation_txt", "single_stream_modulation"),
                   indexed=("double_blocks", "single_blocks"), tail=("final_layer",)),
            (r"(^|\.)(img_in|txt_in|time_in|guidance_in|final_layer)\.", r"(^|\.)(double|single)_stream_modulation", NORM),
-           ("Flux2",), variants={"klein-4b": {"modelspec": "flux-2-klein-4b", "text_encoders": ("qwen3-4b",)},
+           ("Flux2",), latent=128, variants={"klein-4b": {"modelspec": "flux-2-klein-4b", "text_encoders": ("qwen3-4b",)},
                                  "klein-9b": {"modelspec": "flux-2-klein-9b", "text_encoders": ("qwen3-8b",)}},
            lora_style="flux", base_model="black-forest-labs/FLUX.2-dev"),
     Family("qwen-image", "Qwen-Image", ("txt_norm.weight",), "flow",

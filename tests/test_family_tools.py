@@ -180,3 +180,16 @@ def test_native_anima_adapter_is_the_registry_record(comfy):
         pytest.skip("this ComfyUI has no native Anima (0.3.x): nothing to compare")
     rec = registry.get("anima").core_native["adapter"]
     assert {k: core[k] for k in rec} == rec
+
+
+def test_latent_channels_are_what_cores_config_classes_say(comfy):
+    """Each record's latent channels and config class agree with the running core's latent format."""
+    import comfy.supported_models
+
+    from modelsmith.core import registry
+    for f in registry.FAMILIES:
+        cls = getattr(comfy.supported_models, f.config_classes[0], None)
+        if cls is None:  # Anima on 0.3.x: the pack's own config (compat/anima.py)
+            from modelsmith.compat.anima import AnimaConfig
+            cls = AnimaConfig
+        assert cls.latent_format.latent_channels == f.latent_channels, f.id
