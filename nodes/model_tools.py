@@ -173,12 +173,14 @@ class ModelsmithBakeLoras:
         files = [f"checkpoints/{n}" for n in folder_paths.get_filename_list("checkpoints")] + \
                 [f"diffusion_models/{n}" for n in folder_paths.get_filename_list("diffusion_models")]
         loras = ["none"] + folder_paths.get_filename_list("loras")
-        req = {"model_file": (files or ["(no model files found)"],)}
+        req = {"model_file": (files or ["(no model files found)"], {"tooltip": "The model to bake the LoRAs into."})}
         for i in (1, 2, 3):
-            req[f"lora_{i}"] = (loras, {"default": "none"})
-            req[f"strength_{i}"] = ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05})
-        req.update(output_name=("STRING", {"default": "baked"}),
-                   destination=(DESTINATIONS, {"default": "output/checkpoints"}), overwrite=("BOOLEAN", {"default": False}))
+            req[f"lora_{i}"] = (loras, {"default": "none", "tooltip": f"LoRA {i} (models/loras), or none."})
+            req[f"strength_{i}"] = ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
+                                              "tooltip": f"LoRA {i}'s strength, as LoraLoader's strength_model."})
+        req.update(output_name=("STRING", {"default": "baked", "tooltip": "The new file's name (.safetensors added)."}),
+                   destination=(DESTINATIONS, {"default": "output/checkpoints", "tooltip": "Where the new file goes."}),
+                   overwrite=("BOOLEAN", {"default": False, "tooltip": "Replace a file of that name."}))
         return {"required": req}
 
     def bake(self, model_file, output_name, destination, overwrite, **kw):

@@ -99,28 +99,21 @@ def test_make_run_from_a_clone_in_custom_nodes_uses_the_tree_as_it_is(user_tree,
     assert not (pack / ".venv-user").exists() and not (pack / ".venv-0.33").exists()  # no environment built
 
 
-def test_make_run_from_a_checkout_elsewhere_links_nothing_into_the_tree(user_tree, tmp_path):
-    srv = _make_run(ROOT, user_tree, tmp_path)
-    try:
-        ext, templates = _loaded_once(srv)
-        assert ext == "/extensions/modelsmith/modelsmith.js" and "modelsmith" in templates
-    finally:
-        _stop(srv)
-    assert os.listdir(user_tree / "custom_nodes") == []
-
-
-def test_two_copies_load_once_and_the_second_says_so(user_tree, tmp_path):
-    """A clone in custom_nodes and this checkout started against the same tree: ComfyUI imports both;
-    the first registers, the second registers nothing and names both folders in the log."""
+def test_a_checkout_elsewhere_links_nothing_and_two_copies_load_once(user_tree, tmp_path):
+    """This checkout started against a tree that also holds a clone: the checkout comes in through the
+    extra_model_paths file (nothing is linked into the tree), ComfyUI imports both copies, the first
+    registers and the second registers nothing and names both folders in the log."""
     _clone_into(user_tree)
     srv = _make_run(ROOT, user_tree, tmp_path)
     try:
         ext, _ = _loaded_once(srv)
         assert ext == f"/extensions/{FOLDER}/modelsmith.js"
         log = srv.log_tail(200000)
+        assert "nodes/modelsmith" in log  # this checkout was imported too, from .cache/nodes
         assert "installed twice" in log and FOLDER in log.split("installed twice", 1)[1][:600]
     finally:
         _stop(srv)
+    assert sorted(os.listdir(user_tree / "custom_nodes")) == [FOLDER]  # nothing linked into the tree
 
 
 def test_setup_names_what_a_given_environment_lacks_and_installs_nothing(user_tree, tmp_path):
