@@ -37,9 +37,9 @@ def pytest_collection_modifyitems(config, items):
     are deselected elsewhere (not skipped: they did not run there and are not counted). Tests marked
     `main_runtime` exercise comfy-free machinery through a server and also run only there."""
     once_on, here = os.environ.get("MODELSMITH_COMFY_FREE_ON"), os.environ.get("MODELSMITH_RUNTIME")
-    if here == "fast":  # `make test-fast`: no ComfyUI at all, only the ComfyUI-free tests
+    if here == "fast":  # `make test-fast`: no ComfyUI at all, only the ComfyUI-free tests (not the slow CLI ones)
         def runs_here(item):
-            return not _needs_runtime(item) and item.get_closest_marker("main_runtime") is None
+            return not _needs_runtime(item) and not any(item.get_closest_marker(m) for m in ("main_runtime", "slow"))
     elif not once_on or not here or once_on == here:
         return
     else:

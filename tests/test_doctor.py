@@ -106,6 +106,7 @@ def test_cli_lists_every_file_with_its_problems(models, env):
     assert "a link that leads out of the model folders; not read" in text
 
 
+@pytest.mark.slow  # many CLI processes: `make test` runs it, the fast tier does not
 def test_cli_fixes_write_new_files_and_keep_the_originals(models, env):
     before = (models / "checkpoints" / "my model.ckpt").read_bytes()
     r = _cli(models, "--fix", "fp16", "checkpoints/my model.ckpt", env=env)
@@ -131,6 +132,7 @@ def test_cli_fixes_write_new_files_and_keep_the_originals(models, env):
         assert why in r.stderr or why == "invalid choice", (bad, r.stderr)
 
 
+@pytest.mark.slow  # many CLI processes: `make test` runs it, the fast tier does not
 def test_hashes_are_computed_once_and_find_duplicates(models, env, tmp_path, monkeypatch):
     r = _cli(models, "--hash", "--json", env=env)
     got = {e["id"]: e for e in json.loads(r.stdout)}

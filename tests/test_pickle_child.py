@@ -156,6 +156,7 @@ def test_folder_scans_never_unpickle(tmp_path):
     assert r.returncode == 0 and "not opened" in r.stdout
 
 
+@pytest.mark.slow  # many CLI processes: `make test` runs it, the fast tier does not
 def test_secret_planted_in_the_process_never_reaches_an_output(tmp_path):
     """A secret in the converting process's memory and environment: no output of the attack files or
     of a benign file contains it (the child is a fresh program with a minimal environment)."""

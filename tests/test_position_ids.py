@@ -11,8 +11,12 @@ import safetensors.torch
 import torch
 from safetensors import safe_open
 
-pytestmark = pytest.mark.runtime  # transformers comes with a runtime's requirements
-transformers = pytest.importorskip("transformers")
+pytestmark = pytest.mark.runtime  # transformers comes with a runtime's requirements (every runtime has it)
+
+
+def _tf():
+    import transformers
+    return transformers
 
 KEY = "cond_stage_model.transformer.text_model.embeddings.position_ids"
 PREFIX = "cond_stage_model.transformer.text_model."
@@ -27,7 +31,7 @@ CFG = dict(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_la
 
 def _checkpoint(path, ids):
     torch.manual_seed(0)
-    te = _text_model(transformers.CLIPTextModel(transformers.CLIPTextConfig(**CFG)))
+    te = _text_model(_tf().CLIPTextModel(_tf().CLIPTextConfig(**CFG)))
     sd = {PREFIX + k: v.contiguous() for k, v in te.state_dict().items()}
     sd[KEY] = ids
     sd["model.diffusion_model.input_blocks.0.0.weight"] = torch.randn(32, 4, 3, 3)
@@ -39,7 +43,7 @@ def _checkpoint(path, ids):
 def _conditioning(path):
     """The text encoder's output for a fixed prompt, with the file's stored position ids in use."""
     sd = safetensors.torch.load_file(str(path))
-    model = transformers.CLIPTextModel(transformers.CLIPTextConfig(**CFG)).eval()
+    model = _tf().CLIPTextModel(_tf().CLIPTextConfig(**CFG)).eval()
     te = _text_model(model)
     te.load_state_dict({k[len(PREFIX):]: v for k, v in sd.items() if k.startswith(PREFIX) and k != KEY}, strict=False)
     with torch.no_grad():

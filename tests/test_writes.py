@@ -56,6 +56,7 @@ def test_a_planted_symlink_at_the_partial_name_is_never_followed(tmp_path, monke
     assert outside.read_text() == "precious" and not (out_dir / "x.safetensors").exists()
 
 
+@pytest.mark.slow  # many CLI processes: `make test` runs it, the fast tier does not
 def test_cli_convert_with_planted_links_writes_only_its_output(two_models, tmp_path):
     outside = tmp_path / "outside.bin"
     outside.write_bytes(b"precious")
@@ -91,6 +92,7 @@ def test_merge_never_overwrites_or_follows_a_recipe(two_models, tmp_path):
     assert json.loads(recipe.read_text())["alpha"] == 0.5
 
 
+@pytest.mark.slow  # many CLI processes: `make test` runs it, the fast tier does not
 def test_recipe_replay_writes_only_where_told_and_broken_recipes_are_named(two_models, tmp_path):
     out = tmp_path / "a.safetensors"
     assert _cli("merge", *two_models, out, "--alpha", "0.3").returncode == 0
@@ -127,6 +129,7 @@ def _readonly_dir(tmp_path):
     return d, lambda: d.chmod(0o755)
 
 
+@pytest.mark.slow  # many CLI processes: `make test` runs it, the fast tier does not
 def test_read_only_folder_and_long_names_give_one_sentence(two_models, tmp_path):
     d, undo = _readonly_dir(tmp_path)
     try:
