@@ -137,9 +137,11 @@ def test_extension_on_the_frontend(fe_server, renderer):
             globals: Object.keys(window).filter(k => /modelsmith/i.test(k)) })""")
         assert stray == {"body": 0, "globals": []}, stray
 
-        # 5. every template loads without a node covering another (issue 26, point 7)
-        page.keyboard.press("Escape")
-        templates_do_not_overlap(page, tag)
+        # 5. every template loads without a node covering another (issue 26, point 7): on both frontends,
+        # each in one renderer (pinned classic, newest Nodes 2.0), so both renderers are measured too
+        if (srv.frontend == NEWEST) == (renderer == "nodes2"):
+            page.keyboard.press("Escape")
+            templates_do_not_overlap(page, tag)
 
 
 # the node rectangles of the graph on screen: Vue nodes (Nodes 2.0) from their DOM boxes, classic
