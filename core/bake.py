@@ -29,7 +29,8 @@ from .families import find_denoiser
 UNSUPPORTED = {"mid": "Tucker (lora_mid)", "dora": "DoRA (dora_scale)", "t1": "Tucker (hada_t1)",
                "t2": "Tucker (hada_t2 / lokr_t2)", "diff": "full-weight diffs", "diff_b": "full-weight diffs"}
 _TE = re.compile(r"^(\d?)_(text_model_.*)$")
-_OPENCLIP = re.compile(r"^text_model_encoder_layers_(\d+)_(self_attn_[qkv]_proj|self_attn_out_proj|mlp_fc1|mlp_fc2)$")
+_RESBLOCK = re.compile(r"transformer\.resblocks\.(\d+)\.(attn\.in_proj_weight|attn\.out_proj\.weight|"
+                       r"mlp\.c_fc\.weight|mlp\.c_proj\.weight)$")
 # text encoders inside a checkpoint: kohya te index -> (prefix, format)
 _TE_PLACES = {"": (("cond_stage_model.transformer.", "hf"), ("cond_stage_model.model.", "openclip")),
               "1": (("conditioner.embedders.0.transformer.", "hf"),),
@@ -91,7 +92,7 @@ def _target_index(names) -> dict:
                         index[("te" + te, k[len(pre):-len(".weight")].replace(".", "_"))] = (k, None)
             else:
                 for k in names:
-                    m = re.match(re.escape(pre) + r"transformer\.resblocks\.(\d+)\.(attn\.in_proj_weight|attn\.out_proj\.weight|mlp\.c_fc\.weight|mlp\.c_proj\.weight)$", k)
+                    m = _RESBLOCK.match(k[len(pre):]) if k.startswith(pre) else None
                     if not m:
                         continue
                     n, what = m.groups()

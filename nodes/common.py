@@ -37,6 +37,12 @@ def model_choices(folders=MODEL_FOLDERS) -> list[str]:
     return out or ["(no model files found)"]
 
 
+def model_file_choices(folders=MODEL_FOLDERS) -> list[str]:
+    """`folder/name` choices of every file ComfyUI lists in `folders` (a placeholder when there is none)."""
+    files = [f"{folder}/{n}" for folder in folders for n in folder_paths.get_filename_list(folder)]
+    return files or ["(no model files found)"]
+
+
 def resolve_model(choice: str, folders=MODEL_FOLDERS) -> str:
     """Full path of a `folder/name` choice; only names ComfyUI itself lists are accepted."""
     folder, _, name = choice.partition("/")

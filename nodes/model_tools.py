@@ -13,6 +13,7 @@ from ..core.files import safe_filename
 from ..core.inspect import inspect_file
 from ..core.merge import METHODS, Recipe, run_merge
 from ..core.stream import check_output_path
+from .common import model_file_choices, resolve_model
 
 DESTINATIONS = ["output/checkpoints", "models/checkpoints"]
 
@@ -170,10 +171,8 @@ class ModelsmithBakeLoras:
 
     @classmethod
     def INPUT_TYPES(cls):
-        files = [f"checkpoints/{n}" for n in folder_paths.get_filename_list("checkpoints")] + \
-                [f"diffusion_models/{n}" for n in folder_paths.get_filename_list("diffusion_models")]
         loras = ["none"] + folder_paths.get_filename_list("loras")
-        req = {"model_file": (files or ["(no model files found)"], {"tooltip": "The model to bake the LoRAs into."})}
+        req = {"model_file": (model_file_choices(), {"tooltip": "The model to bake the LoRAs into."})}
         for i in (1, 2, 3):
             req[f"lora_{i}"] = (loras, {"default": "none", "tooltip": f"LoRA {i} (models/loras), or none."})
             req[f"strength_{i}"] = ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05,
@@ -185,8 +184,7 @@ class ModelsmithBakeLoras:
 
     def bake(self, model_file, output_name, destination, overwrite, **kw):
         from ..core.bake import bake
-        folder, _, name = model_file.partition("/")
-        src = folder_paths.get_full_path_or_raise(folder, name)
+        src = resolve_model(model_file)
         loras = [(folder_paths.get_full_path_or_raise("loras", kw[f"lora_{i}"]), kw[f"strength_{i}"])
                  for i in (1, 2, 3) if kw.get(f"lora_{i}", "none") != "none"]
         if not loras:

@@ -9,6 +9,7 @@ from ..core.errors import ModelsmithError
 from ..core import registry
 from ..core.quantize import run_quantize
 from ..core.inspect import inspect_file
+from .common import model_file_choices, resolve_model
 from .model_tools import DESTINATIONS, _progress_bar, output_path
 
 QUANT_DESTINATIONS = ["auto", "models/diffusion_models", *DESTINATIONS]
@@ -61,6 +62,9 @@ class ModelsmithVAEDecode:
         return {"ui": {"text": [report]}, "result": (image, report)}
 
 
+_QUANT_FOLDERS = ("diffusion_models", "checkpoints")
+
+
 class ModelsmithSaveQuantized:
     DESCRIPTION = ("Quantizes a model file to fp8 (scaled) or nvfp4 in ComfyUI's native format (per-layer comfy_quant "
                    "plus the _quantization_metadata header), keeping sensitive layers by family preset; streaming.")
@@ -72,10 +76,8 @@ class ModelsmithSaveQuantized:
 
     @classmethod
     def INPUT_TYPES(cls):
-        files = [f"diffusion_models/{n}" for n in folder_paths.get_filename_list("diffusion_models")] + \
-                [f"checkpoints/{n}" for n in folder_paths.get_filename_list("checkpoints")]
         return {"required": {
-            "model_file": (files or ["(no model files found)"],),
+            "model_file": (model_file_choices(_QUANT_FOLDERS),),
             "format": (["fp8", "nvfp4"], {"default": "fp8", "tooltip": "nvfp4 files need a current ComfyUI."}),
             "preset": (["auto", *registry.quantize_presets(), "none"], {"default": "auto", "tooltip":
                        "Layers kept in high precision: a family's (auto: the file's own family), or none."}),
@@ -89,8 +91,7 @@ class ModelsmithSaveQuantized:
         }}
 
     def save(self, model_file, format, preset, exclude, output_name, destination, overwrite):
-        folder, _, name = model_file.partition("/")
-        src = folder_paths.get_full_path_or_raise(folder, name)
+        src = resolve_model(model_file, _QUANT_FOLDERS)
         if destination == "auto":
             layout = inspect_file(src).get("layout")
             destination = "models/diffusion_models" if layout == "diffusion-model" else "models/checkpoints"
