@@ -10,14 +10,18 @@ from __future__ import annotations
 from . import registry
 from .families import count_indexed, text_encoder_id, vae_signature
 
-# text encoder id -> what it is, in words
+# text encoder id -> (what it is, in words; the file name ComfyUI's templates download it as)
 TEXT_ENCODERS = {
-    "clip-l": "CLIP-L (OpenAI ViT-L/14 text model)", "clip-g": "CLIP-G (OpenCLIP ViT-bigG/14 text model)",
-    "clip-h": "CLIP-H (OpenCLIP ViT-H/14 text model)", "t5xxl": "T5-XXL v1.1 encoder",
-    "t5xxl-old": "T5-XXL v1.0 encoder (Cosmos' \"old\" T5)",
-    "qwen3-0.6b": "Qwen3-0.6B", "qwen3-1.7b": "Qwen3-1.7B", "qwen3-4b": "Qwen3-4B", "qwen3-8b": "Qwen3-8B",
-    "qwen2.5-vl-7b": "Qwen2.5-VL-7B (language model)", "gemma-2-2b": "Gemma-2-2B",
-    "mistral-small-3.1": "Mistral-Small-3.1-24B (language model)",
+    "clip-l": ("CLIP-L (OpenAI ViT-L/14 text model)", "clip_l.safetensors"),
+    "clip-g": ("CLIP-G (OpenCLIP ViT-bigG/14 text model)", "clip_g.safetensors"),
+    "clip-h": ("CLIP-H (OpenCLIP ViT-H/14 text model)", "open_clip_vit_h.safetensors"),
+    "t5xxl": ("T5-XXL v1.1 encoder", "t5xxl_fp16.safetensors"),
+    "t5xxl-old": ("T5-XXL v1.0 encoder (Cosmos' \"old\" T5)", "oldt5_xxl_fp8_e4m3fn_scaled.safetensors"),
+    "qwen3-0.6b": ("Qwen3-0.6B", "qwen_3_06b_base.safetensors"), "qwen3-1.7b": ("Qwen3-1.7B", "qwen_3_1.7b.safetensors"),
+    "qwen3-4b": ("Qwen3-4B", "qwen_3_4b.safetensors"), "qwen3-8b": ("Qwen3-8B", "qwen_3_8b_fp8mixed.safetensors"),
+    "qwen2.5-vl-7b": ("Qwen2.5-VL-7B (language model)", "qwen_2.5_vl_7b_fp8_scaled.safetensors"),
+    "gemma-2-2b": ("Gemma-2-2B", "gemma_2_2b_fp16.safetensors"),
+    "mistral-small-3.1": ("Mistral-Small-3.1-24B (language model)", "mistral_3_small_flux2_fp8.safetensors"),
 }
 # VAE groups: (latent channels, conv kernel rank) -> the group's name
 VAE_GROUPS = {(4, 4): "SD VAE (4-channel: SD1 / SD2 / SDXL, incl. sdxl-vae-fp16-fix)",
@@ -95,7 +99,7 @@ def text_encoder(table: dict) -> dict | None:
                 te = "mistral-small-3.1"
     if te is None:
         return None
-    out = {"id": te, "name": TEXT_ENCODERS.get(te, te), "width": width, "layers": layers, "precision": _precision(t),
+    out = {"id": te, "name": TEXT_ENCODERS[te][0] if te in TEXT_ENCODERS else te, "width": width, "layers": layers, "precision": _precision(t),
            "serves": list(registry.served_by_text_encoder(te))}
     if te == "mistral-small-3.1" and layers and layers < 40:
         out["name"] += f" (pruned to {layers} of its 40 layers)"
@@ -119,3 +123,123 @@ def _precision_any(t: dict) -> str:
             dts[dt] = dts.get(dt, 0) + 1
     top = max(dts, key=dts.get) if dts else None
     return {"F32": "fp32", "F16": "fp16", "BF16": "bf16"}.get(top, (top or "unknown").lower())
+
+
+# --- choosing a model's companions in a library -------------------------------------------------
+
+_FP8 = ("fp8 (scaled)", "fp8_e4m3fn", "fp8_e5m2")
+
+
+def precision_order(device: dict) -> tuple:
+    """Precisions from most to least suitable for `device` ({"gpu": bool, "vram_gb": float, "bf16": bool}):
+    on a CPU the highest precision (it computes in fp32 anyway; fp8 costs a cast and quality); on a GPU
+    the 16-bit file it computes in (bf16 first where it has bf16), fp8 first below 16 GB of memory,
+    where a 16-bit T5-XXL or LLM encoder would not fit beside the model; fp32 last (twice the memory)."""
+    if not device.get("gpu"):
+        return ("fp32", "bf16", "fp16") + _FP8
+    half = ("bf16", "fp16") if device.get("bf16") else ("fp16", "bf16")
+    if (device.get("vram_gb") or 0) < 16:
+        return _FP8 + half + ("fp32",)
+    return half + _FP8 + ("fp32",)
+
+
+def _rank(entry: dict, order: tuple, preferred_name: str | None) -> tuple:
+    s = entry["summary"]
+    precision = (s.get("text_encoder") or s.get("vae") or {}).get("precision")
+    name = entry["name"].replace("\\", "/")
+    return (order.index(precision) if precision in order else len(order),
+            0 if preferred_name and name.rsplit("/", 1)[-1] == preferred_name else 1, name.lower())
+
+
+def companion_files(entries: list[dict]) -> tuple[dict, dict]:
+    """({text encoder id: [entry, ...]}, {vae signature: [entry, ...]}) of scanned library entries
+    (core/doctor.scan's, whose `summary` holds the header facts)."""
+    tes, vaes = {}, {}
+    for e in entries:
+        s = e.get("summary") or {}
+        if s.get("text_encoder") and e.get("kind", "text_encoders") == "text_encoders":
+            tes.setdefault(s["text_encoder"]["id"], []).append(e)
+        if s.get("vae") and e.get("kind", "vae") == "vae":
+            vaes.setdefault((s["vae"]["channels"], s["vae"]["rank"]), []).append(e)
+    return tes, vaes
+
+
+def plan(family: str, variant: str | None, components: dict, entries: list[dict], device: dict,
+         overrides: dict | None = None) -> dict:
+    """Which files a model of `family` loads with: {"text_encoders": [{slot, id, name, precision}],
+    "clip_type", "vae": {name, precision} | None, "notes": [...], "missing": [...]}. `components`: what
+    the model file holds itself (a checkpoint's text encoders and VAE are its own). `overrides`:
+    {"text_encoder_1".., "vae": a library name, "none" or "auto"}; a named file must be what the slot
+    needs (its header says), else ModelsmithError. Nothing is loaded here."""
+    from .errors import ModelsmithError
+    rec = registry.get(family)
+    if rec is None:
+        raise ModelsmithError(f"no companions are known for a {family or 'unrecognised'} model")
+    overrides = overrides or {}
+    order = precision_order(device)
+    tes, vaes = companion_files(entries)
+    by_name = {e["name"].replace("\\", "/"): e for e in entries}
+    out = {"text_encoders": [], "clip_type": rec.clip_type, "vae": None, "notes": [], "missing": []}
+    baked = set(components.get("text_encoders") or [])
+    needed = registry.text_encoders(family, variant)
+    for i, te in enumerate(needed, 1):
+        slot, label, default_file = f"text_encoder_{i}", TEXT_ENCODERS[te][0], TEXT_ENCODERS[te][1]
+        choice = overrides.get(slot) or "auto"
+        if te in baked and choice == "auto":
+            continue
+        if choice == "none":
+            out["notes"].append(f"{slot}: none ({label} left out on request)")
+            continue
+        if choice != "auto":
+            e = by_name.get(choice.replace("\\", "/"))
+            got = ((e or {}).get("summary") or {}).get("text_encoder") if e else None
+            if got is None or got["id"] != te:
+                what = f"{got['name']}" if got else "not a text encoder this pack can name"
+                raise ModelsmithError(f"{slot} '{choice}' is {what}, but {rec.label} reads {label} there: "
+                                      f"pick a {label} file or leave it on auto")
+            pick, why = e, "chosen"
+        elif tes.get(te):
+            ranked = sorted(tes[te], key=lambda x: _rank(x, order, default_file))
+            pick = ranked[0]
+            why = "the only one" if len(ranked) == 1 else \
+                f"of {len(ranked)}, the precision that suits this device best"
+        else:
+            out["missing"].append(to_get(te))
+            continue
+        precision = pick["summary"]["text_encoder"]["precision"]
+        out["text_encoders"].append({"slot": slot, "id": te, "name": pick["name"], "precision": precision})
+        out["notes"].append(f"{slot}: {pick['name']} ({label}, {precision}; {why})")
+    choice = overrides.get("vae") or "auto"
+    if components.get("vae") and choice == "auto":
+        return out
+    if choice != "auto":
+        e = by_name.get(choice.replace("\\", "/"))
+        got = ((e or {}).get("summary") or {}).get("vae") if e else None
+        if got is None or (got["channels"], got["rank"]) != tuple(rec.vae_signature):
+            what = got["group"] if got else "not a VAE this pack can name"
+            raise ModelsmithError(f"vae '{choice}' is {what}, but {rec.label} decodes with {rec.vae}: pick that "
+                                  f"VAE or leave it on auto")
+        pick, why = e, "chosen"
+    elif vaes.get(tuple(rec.vae_signature)):
+        ranked = sorted(vaes[tuple(rec.vae_signature)], key=lambda x: _rank(x, order, rec.files.get("vae")))
+        pick = ranked[0]
+        why = "the only one" if len(ranked) == 1 else f"of {len(ranked)}, by precision, then name"
+        if len(ranked) > 1 and len(registry.served_by_vae(rec.vae_signature)) > 1:
+            why += "; its group's members share one header, so pick with the vae widget if this is not " + rec.vae
+    else:
+        out["missing"].append(f"{rec.vae} in models/vae")
+        return out
+    out["vae"] = {"name": pick["name"], "precision": pick["summary"]["vae"]["precision"]}
+    out["notes"].append(f"vae: {pick['name']} ({pick['summary']['vae']['group']}, {out['vae']['precision']}; {why})")
+    return out
+
+
+def to_get(te: str) -> str:
+    """What to download for a missing text encoder, and where it goes."""
+    label, file = TEXT_ENCODERS[te]
+    return f"{label}, e.g. {file}, in models/text_encoders"
+
+
+def missing_sentence(model_name: str, family_label: str, missing: list[str]) -> str:
+    return (f"{model_name} is {family_label}, which needs files that are not in the model folders: get "
+            + "; ".join(missing) + ", then refresh the node list.")

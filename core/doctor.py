@@ -70,6 +70,15 @@ class Cache:
         self.dirty = True
         return e
 
+    def keep_only(self, seen: set, roots) -> None:
+        """Forget files under `roots` that a scan of them did not see (deleted or moved), so the cache
+        holds the library as it is, not every file it ever held."""
+        prefixes = tuple(os.path.join(r, "") for r in roots)
+        gone = [p for p in self.data if p.startswith(prefixes) and p not in seen]
+        for p in gone:
+            del self.data[p]
+        self.dirty = self.dirty or bool(gone)
+
     def save(self):
         if not self.path or not self.dirty:
             return
@@ -161,6 +170,7 @@ def scan(folders: dict, cache: Cache | None = None, runtime=None) -> list[dict]:
                 entry.update(status="refused" if err and "refused to load" in err else ("error" if err else "ok"),
                              summary=summary, error=err, sha256=hit.get("sha256"))
                 entries.append(entry)
+    cache.keep_only({e["path"] for e in entries}, [r for rs in folders.values() for r in rs])
     relist(entries, runtime)
     cache.save()
     return entries
@@ -184,13 +194,9 @@ def _match_companions(entries: list[dict]) -> None:
     """What can run: each denoiser's text encoders and VAE found in the library (entry["companions"],
     or entry["missing"] with what to get), and for each text encoder / VAE the models that use it
     (entry["used_by"]). The registry says what each family needs; the files say what they are."""
-    tes, vaes = {}, {}
+    from .companions import companion_files, to_get
+    tes, vaes = companion_files(entries)
     for e in entries:
-        s = e.get("summary") or {}
-        if s.get("text_encoder"):
-            tes.setdefault(s["text_encoder"]["id"], []).append(e)
-        if s.get("vae"):
-            vaes.setdefault((s["vae"]["channels"], s["vae"]["rank"]), []).append(e)
         e.pop("companions", None)
         e.pop("missing", None)
         e.pop("used_by", None)
@@ -213,7 +219,7 @@ def _match_companions(entries: list[dict]) -> None:
                 for c in tes[te]:
                     c["used_by"].append(e["id"])
             else:
-                missing.append(f"{te} in models/text_encoders")
+                missing.append(to_get(te))
         if not comps.get("vae"):
             if rec.vae_signature in vaes:
                 found["vae"] = [c["id"] for c in vaes[rec.vae_signature]]

@@ -56,11 +56,13 @@ class Family:
     vae_fp16_overflow: bool = False   # its VAE decodes to NaN in fp16 (the SDXL VAE)
     core_merge_node: str | None = None  # core's model-specific merge node, where it has one
     pack_sampler: str | None = None     # the pack's sampler node made for it
+    pack_loader: str | None = None      # the pack's loader node made for its separate files
     core_native: dict = field(default_factory=dict)  # what ComfyUI's own implementation of it builds
     files: dict = field(default_factory=dict)  # the official file names, by models folder (loader defaults)
     sizes: tuple = ()  # size presets (name, width, height) of the pack's sampler for it, portrait first
     base_model: str | None = None  # the Hugging Face repository of the base model (model cards' base_model)
     latent: int = 0  # the sampler latent's channels where they are not the VAE's (FLUX.2 packs 2x2 of 32)
+    clip_type: str = "stable_diffusion"  # the `type` core's CLIP loaders take for its text encoders
 
     @property
     def latent_channels(self) -> int:
@@ -78,7 +80,7 @@ _MMDIT_KEEP = (r"(^|\.)(pos_embed|x_embedder|context_embedder|y_embedder|t_embed
                r"adaLN_modulation")
 _SD3 = dict(settings=dict(width=1024, height=1024, steps=28, cfg=4.5, sampler="euler", scheduler="sgm_uniform", shift=3.0),
             text_encoders=("clip-l", "clip-g", "t5xxl"), vae="the SD3 VAE (16-channel)", vae_signature=(16, 4),
-            size_multiple=16, blocks=_MMDIT_BLOCKS, keep_high=_MMDIT_KEEP, config_classes=("SD3",),
+            size_multiple=16, blocks=_MMDIT_BLOCKS, keep_high=_MMDIT_KEEP, config_classes=("SD3",), clip_type="sd3",
             signature=_MMDIT_SIG, prediction="flow", lora_style="sd3")
 _NEXTDIT_BLOCKS = Blocks(head=("x_embedder", "t_embedder", "cap_embedder", "siglip_embedder"),
                          indexed=("noise_refiner", "context_refiner", "siglip_refiner", "layers"),
@@ -110,7 +112,7 @@ FAMILIES: tuple[Family, ...] = (
            ("clip-l", "clip-g"), "sdxl_vae.safetensors (or sdxl-vae-fp16-fix for fp16)", (4, 4), 64,
            "stable-diffusion-xl-v1-base", Blocks(unet_levels=9, vae=True), _SDXL_KEEP, ("SDXL",),
            # v-prediction (with or without ZTSNR): NoobAI-XL v-pred's card, CFG 4-5 with rescale 0.7
-           variants={"v": {"settings": dict(steps=28, cfg=4.5, sampler="euler", cfg_rescale=0.7)}},
+           variants={"v": {"settings": dict(steps=28, cfg=4.5, sampler="euler", cfg_rescale=0.7)}}, clip_type="sdxl",
            lora_style="sd1/sdxl", keep_high_nvfp4_file=_UNET_NVFP4, core_merge_node="ModelMergeSDXL",
            vae_fp16_overflow=True, pack_sampler="ModelsmithSDXLSampler", sizes=_SDXL_SIZES, base_model="stabilityai/stable-diffusion-xl-base-1.0"),
     Family("sdxl-refiner", "SDXL refiner", _SD_SIG, "eps",
@@ -134,7 +136,7 @@ FAMILIES: tuple[Family, ...] = (
            ("Flux", "FluxSchnell", "FluxInpaint"),
            variants={"schnell": {"settings": dict(steps=4, guidance=None), "modelspec": "flux-1-schnell",
                                  "base_model": "black-forest-labs/FLUX.1-schnell"}},
-           lora_style="flux", core_merge_node="ModelMergeFlux1", base_model="black-forest-labs/FLUX.1-dev"),
+           lora_style="flux", core_merge_node="ModelMergeFlux1", clip_type="flux", base_model="black-forest-labs/FLUX.1-dev"),
     Family("flux2", "FLUX.2", ("double_stream_modulation_img.lin.weight",), "flow",
            dict(width=1024, height=1024, steps=20, cfg=1.0, sampler="euler", scheduler="simple", guidance=4.0),
            ("mistral-small-3.1",), "the FLUX.2 VAE (32-channel)", (32, 4), 16, "flux-2-dev",
@@ -144,22 +146,22 @@ FAMILIES: tuple[Family, ...] = (
            (r"(^|\.)(img_in|txt_in|time_in|guidance_in|final_layer)\.", r"(^|\.)(double|single)_stream_modulation", NORM),
            ("Flux2",), latent=128, variants={"klein-4b": {"modelspec": "flux-2-klein-4b", "text_encoders": ("qwen3-4b",)},
                                  "klein-9b": {"modelspec": "flux-2-klein-9b", "text_encoders": ("qwen3-8b",)}},
-           lora_style="flux", base_model="black-forest-labs/FLUX.2-dev"),
+           lora_style="flux", base_model="black-forest-labs/FLUX.2-dev", clip_type="flux2"),
     Family("qwen-image", "Qwen-Image", ("txt_norm.weight",), "flow",
            dict(width=1328, height=1328, steps=20, cfg=2.5, sampler="euler", scheduler="simple", shift=3.1),
            ("qwen2.5-vl-7b",), "qwen_image_vae.safetensors", (16, 5), 16, "qwen-image",
            Blocks(head=("pos_embeds", "img_in", "txt_norm", "txt_in", "time_text_embed"),
                   indexed=("transformer_blocks",), tail=("proj_out",)),
            (r"(^|\.)(img_in|txt_in|time_text_embed|norm_out|proj_out)\.", r"(^|\.)(img|txt)_mod\.", NORM),
-           ("QwenImage",), core_merge_node="ModelMergeQwenImage", base_model="Qwen/Qwen-Image"),
+           ("QwenImage",), core_merge_node="ModelMergeQwenImage", clip_type="qwen_image", base_model="Qwen/Qwen-Image"),
     Family("z-image", "Z-Image", ("layers.0.adaLN_modulation.0.weight", "cap_embedder.1.weight"), "flow",
            dict(width=1024, height=1024, steps=8, cfg=1.0, sampler="res_multistep", scheduler="simple", shift=3.0),
            ("qwen3-4b",), "ae.safetensors (FLUX VAE)", (16, 4), 16, "z-image-turbo",
-           _NEXTDIT_BLOCKS, _NEXTDIT_KEEP, ("ZImage",), base_model="Tongyi-MAI/Z-Image-Turbo"),
+           _NEXTDIT_BLOCKS, _NEXTDIT_KEEP, ("ZImage",), base_model="Tongyi-MAI/Z-Image-Turbo", clip_type="lumina2"),
     Family("lumina2", "Lumina-Image 2", _NEXTDIT_SIG, "flow",
            dict(width=1024, height=1024, steps=25, cfg=4.0, sampler="res_multistep", scheduler="simple", shift=6.0),
            ("gemma-2-2b",), "ae.safetensors (FLUX VAE)", (16, 4), 16, "lumina-2",
-           _NEXTDIT_BLOCKS, _NEXTDIT_KEEP, ("Lumina2",), base_model="Alpha-VLLM/Lumina-Image-2.0"),
+           _NEXTDIT_BLOCKS, _NEXTDIT_KEEP, ("Lumina2",), base_model="Alpha-VLLM/Lumina-Image-2.0", clip_type="lumina2"),
     Family("anima", "Anima", ("llm_adapter.blocks.0.cross_attn.q_proj.weight",), "flow",
            dict(width=1024, height=1024, steps=30, cfg=4.0, sampler="er_sde", scheduler="simple", shift=3.0),
            ("qwen3-0.6b",), "qwen_image_vae.safetensors", (16, 5), 16, "anima-preview",
@@ -169,6 +171,7 @@ FAMILIES: tuple[Family, ...] = (
            (r"(^|\.)blocks\.0\.", r"(^|\.)blocks\.1\.adaln_modulation", r"(^|\.)final_layer\.", r"(^|\.)llm_adapter\.",
             r"(^|\.)t_embedder\.", r"(^|\.)x_embedder\.", r"(^|\.)t_embedding_norm"),
            ("Anima", "AnimaConfig"), lora_style="anima", fp16_overflow=True, pack_sampler="ModelsmithAnimaSampler",
+           pack_loader="ModelsmithAnimaLoader",
            variants={"turbo": {"settings": dict(steps=8, cfg=1.0)}},  # the Turbo LoRA / model
            files={"diffusion_models": "anima-base-v1.0.safetensors", "text_encoders": "qwen_3_06b_base.safetensors",
                   "vae": "qwen_image_vae.safetensors"}, sizes=_ANIMA_SIZES,
@@ -188,7 +191,8 @@ FAMILIES: tuple[Family, ...] = (
            (r"(^|\.)blocks\.0\.", r"(^|\.)blocks\.1\.adaln_modulation", r"(^|\.)final_layer\.",
             r"(^|\.)t_embedder\.", r"(^|\.)x_embedder\.", r"(^|\.)t_embedding_norm"),
            ("CosmosT2IPredict2", "CosmosI2VPredict2"), lora_style="anima", fp16_overflow=True,
-           core_merge_node="ModelMergeCosmosPredict2_2B", base_model="nvidia/Cosmos-Predict2-2B-Text2Image"),
+           core_merge_node="ModelMergeCosmosPredict2_2B", base_model="nvidia/Cosmos-Predict2-2B-Text2Image",
+           clip_type="cosmos"),
 )
 
 BY_ID = {f.id: f for f in FAMILIES}

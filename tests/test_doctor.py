@@ -361,7 +361,8 @@ def test_the_library_says_what_can_run(tmp_path):
     assert [p["code"] for p in flux["problems"]] == ["fp32"]  # the tiny model is fp32; nothing missing
     qwen = entries["diffusion_models/qwen.safetensors"]
     why = " ".join(p["why"] for p in qwen["problems"] if p["code"] == "missing-companion")
-    assert "qwen2.5-vl-7b in models/text_encoders" in why and "qwen_image_vae.safetensors in models/vae" in why
+    assert "Qwen2.5-VL-7B (language model), e.g. qwen_2.5_vl_7b_fp8_scaled.safetensors, in models/text_encoders" in why
+    assert "qwen_image_vae.safetensors in models/vae" in why
     assert entries["text_encoders/clip_l.safetensors"]["used_by"] == ["diffusion_models/flux1.safetensors"]
     gemma = entries["text_encoders/gemma_2_2b_fp16.safetensors"]
     assert [p["code"] for p in gemma["problems"]] == ["unused"] and "lumina2" in gemma["problems"][0]["why"]

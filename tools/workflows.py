@@ -32,6 +32,7 @@ TITLES = {
     "merge_block_weights": "Merge checkpoints with block weights",
     "prune_convert_for_distribution": "Prune and convert for distribution",
     "quantize_and_save": "Quantize and save (fp8, nvfp4)",
+    "any_model_t2i": "Any model - text to image",
 }
 
 
@@ -73,6 +74,12 @@ def _input_order(info):
 
 def _is_widget(type_, options):
     return isinstance(type_, list) or type_ in ("INT", "FLOAT", "STRING", "BOOLEAN", "COMBO")
+
+
+def _type_name(type_):
+    """A slot's type as the UI graph names it: a list of choices (an output core passes to a combo input,
+    like a sampler name) is a COMBO."""
+    return "COMBO" if isinstance(type_, list) else type_
 
 
 def _has_control(name, type_, options):
@@ -127,7 +134,7 @@ def api_to_ui(api: dict, object_info: dict, note: str = "") -> dict:
             if _is_link(value):
                 link_id += 1
                 links.append([link_id, int(value[0]), value[1], int(nid), len(inputs),
-                              object_info[api[value[0]]["class_type"]]["output"][value[1]]])
+                              _type_name(object_info[api[value[0]]["class_type"]]["output"][value[1]])])
                 out_links.setdefault((value[0], value[1]), []).append(link_id)
                 entry = {"name": name, "type": type_ if isinstance(type_, str) else "COMBO", "link": link_id}
                 if _is_widget(type_, opts):
@@ -141,7 +148,7 @@ def api_to_ui(api: dict, object_info: dict, note: str = "") -> dict:
                 inputs.append({"name": name, "type": type_, "link": None})
             else:
                 inputs.append({"name": name, "type": type_, "link": None})
-        outputs = [{"name": (info.get("output_name") or info["output"])[i], "type": t, "links": [], "slot_index": i}
+        outputs = [{"name": (info.get("output_name") or info["output"])[i], "type": _type_name(t), "links": [], "slot_index": i}
                    for i, t in enumerate(info["output"])]
         ui_node = {"id": int(nid), "type": node["class_type"], "pos": [40 + COLUMN * depth[nid], y],
                    "size": [NODE_WIDTH, height], "flags": {}, "order": len(nodes), "mode": 0, "inputs": inputs,
@@ -231,7 +238,7 @@ def validate_ui(ui: dict, object_info: dict) -> list[str]:
         if src not in nodes or dst not in nodes:
             errors.append(f"link {lid}: a node is missing")
             continue
-        out_type = object_info[nodes[src]["type"]]["output"][slot]
+        out_type = _type_name(object_info[nodes[src]["type"]]["output"][slot])
         in_entry = nodes[dst]["inputs"][dslot]
         in_type = _spec(object_info[nodes[dst]["type"]], in_entry["name"])[0]
         in_type = "COMBO" if isinstance(in_type, list) else in_type
@@ -285,6 +292,11 @@ NOTES = {
     "sdxl_t2i": "File: ComfyUI/models/checkpoints/sd_xl_base_1.0.safetensors (any SDXL eps checkpoint).\n"
                 "Recommended: 1024x1024 or another SDXL bucket, ~25 steps, CFG 5-7 (0 = auto 6). The SDXL VAE "
                 "overflows in fp16: the Modelsmith VAE Decode retries in bf16/fp32 and reports it.",
+    "any_model_t2i": "File: any checkpoint or diffusion model in ComfyUI/models/checkpoints or diffusion_models (SD1, "
+                     "SD2, SDXL, SD3/3.5, FLUX.1, FLUX.2, Qwen-Image, Z-Image, Lumina 2, Cosmos-Predict2, Anima). The "
+                     "loader finds its text encoders (models/text_encoders) and VAE (models/vae) by their headers, "
+                     "with the right CLIP type; a missing one stops it with the files to get. Settings for KSampler "
+                     "gives core's KSampler the family's recommended steps, CFG, sampler, scheduler, latent and shift.",
     "quantize_and_save": "File: a diffusion model in ComfyUI/models/diffusion_models (here Anima) or a checkpoint. "
                          "Writes fp8 (scaled, loads in ComfyUI 0.3.x and later) or nvfp4 (current ComfyUI) in "
                          "ComfyUI's native format where a loader lists it (destination auto): a diffusion model "
