@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from ..core import registry
+from ..core import names, registry
 from . import common
 
 
@@ -121,10 +121,13 @@ def cmd_publish(args) -> int:
 
 
 def register_quantize(sub) -> None:
-    q = sub.add_parser("quantize", help="quantize a denoiser to fp8 or nvfp4 in ComfyUI's native format, streaming")
+    q = sub.add_parser("quantize", help="quantize a denoiser to fp8, int8, mxfp8 or nvfp4 in ComfyUI's native "
+                                        "format, streaming, with every layer checked after writing")
     q.add_argument("input")
     q.add_argument("output")
-    q.add_argument("--format", choices=["fp8", "nvfp4"], default="fp8")
+    q.add_argument("--format", choices=names.QUANTIZE_FORMATS, default="fp8",
+                   help="fp8 (e4m3, loads in every ComfyUI), fp8_e5m2, int8 (int8_tensorwise: GPUs without fp8), "
+                        "mxfp8, nvfp4; all but fp8 need ComfyUI >= 0.29")
     q.add_argument("--preset", choices=["auto", *registry.quantize_presets(), "none"], default="auto",
                    help="layers kept in high precision: a family's (auto: the detected family's), or none")
     q.add_argument("--exclude", help="more layers to keep, comma-separated regular expressions")

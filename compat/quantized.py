@@ -24,7 +24,7 @@ import torch
 
 from ..core.errors import ModelsmithError
 from .family import family_of
-from ..core.quantize import excluded, parse_exclude, preset_for, preset_patterns
+from ..core.quantize import BLOCKS, excluded, parse_exclude, preset_for, preset_patterns
 from ..kernels.formats import SCALE_SUFFIXES, logical_columns
 from ..kernels.qlinear import FORMATS, QuantLinear, compute_path
 
@@ -137,7 +137,7 @@ def quantize_denoiser(dit: torch.nn.Module, fmt: str, patterns, core=None) -> di
             w = m.weight
             if w is None or w.ndim != 2 or not w.is_floating_point() or w.dtype.itemsize < 2:
                 continue
-            if excluded(name, patterns) or (fmt == "nvfp4" and w.shape[1] % 16):
+            if excluded(name, patterns) or w.shape[1] % BLOCKS.get(fmt, 1):  # block formats: whole blocks
                 stats["kept_layers"] += 1
                 stats["kept"].append(name)
                 continue
@@ -197,8 +197,9 @@ def quantized_patcher(patcher, fmt: str, preset: str = "auto", exclude: str = ""
 
     backend: `comfyui` builds the runtime's own quantized layers (current ComfyUI),
     `modelsmith` the pack's QuantLinear (any ComfyUI), `auto` the runtime's where it has them."""
-    if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+    from ..core.quantize import FORMATS as FILE_NAMES
+    if fmt not in FILE_NAMES.values():
+        raise ValueError(f"format must be one of {', '.join(FILE_NAMES.values())}")
     dit = getattr(patcher.model, "diffusion_model", None)
     if dit is None:
         raise ValueError("this MODEL has no diffusion_model to quantize")
@@ -213,6 +214,9 @@ def quantized_patcher(patcher, fmt: str, preset: str = "auto", exclude: str = ""
     disabled = core_quant_ops(fmt, patcher.load_device) if backend in ("auto", "comfyui") else None
     if backend == "comfyui" and disabled is None:
         raise ValueError("this ComfyUI has no quantized-tensor layers (comfy.quant_ops) for " + fmt)
+    if disabled is None and fmt not in FORMATS:  # the pack's own layers run fp8 and nvfp4 only
+        raise ValueError(f"{fmt} runs on ComfyUI's own quantized layers (ComfyUI >= 0.29 with comfy-kitchen), which "
+                         f"{'were not chosen (backend modelsmith)' if backend == 'modelsmith' else 'this ComfyUI lacks'}")
     core = None
     if disabled is not None:
         compute = getattr(new_model, "manual_cast_dtype", None) or new_model.get_dtype()

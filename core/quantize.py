@@ -18,7 +18,31 @@ from .errors import ModelsmithError
 
 # One preset per family: the layers its registry record keeps in high precision (core/registry.py)
 PRESETS = {f.id: list(f.keep_high) for f in registry.FAMILIES}
-FORMATS = {"fp8": "float8_e4m3fn", "nvfp4": "nvfp4"}
+# the pack's format names -> ComfyUI's `comfy_quant` format names (kernels/formats.QUANT_FORMATS)
+FORMATS = {"fp8": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2", "int8": "int8_tensorwise", "mxfp8": "mxfp8",
+           "nvfp4": "nvfp4"}
+# block formats: the multiple each weight dimension (rows, columns) must be; other layers stay in high precision
+BLOCKS = {"nvfp4": 16, "mxfp8": 32}
+
+
+def fits(fmt: str, shape) -> bool:
+    """Whether a 2-D weight of `shape` can be stored in ComfyUI format `fmt` without padding."""
+    b = BLOCKS.get(fmt, 1)
+    return len(shape) == 2 and shape[0] % b == 0 and shape[1] % b == 0
+
+
+def file_entries(fmt: str, shape) -> dict:
+    """The tensors (suffix -> (safetensors dtype, shape)) a `shape` weight takes in ComfyUI format `fmt`."""
+    from ..kernels.formats import QUANT_FORMATS
+    rows, cols = shape
+    if fmt == "nvfp4":
+        return {".weight": ("U8", (rows, cols // 2)),
+                ".weight_scale": ("F8_E4M3", (-(-rows // 128) * 128, -(-(cols // 16) // 4) * 4)),
+                ".weight_scale_2": ("F32", ())}
+    if fmt == "mxfp8":  # E8M0 exponents as uint8, in the block-scaling layout
+        return {".weight": ("F8_E4M3", (rows, cols)),
+                ".weight_scale": ("U8", (-(-rows // 128) * 128, -(-(cols // 32) // 4) * 4))}
+    return {".weight": (QUANT_FORMATS[fmt].storage, (rows, cols)), ".weight_scale": ("F32", ())}
 
 
 # 2-D weights that are lookup tables, not linear layers (ComfyUI quantizes only linear layers)
@@ -78,22 +102,30 @@ def plan(table: dict, fmt: str, patterns, prefix: str = "") -> dict:
         layer = name[: -len(".weight")]
         if excluded(layer[len(prefix):], patterns):
             continue
-        if fmt == "nvfp4" and (shape[1] % 16 or shape[0] % 16):
-            continue  # nvfp4 needs whole 16-blocks; such layers stay in high precision
+        if not fits(FORMATS[fmt], shape):
+            continue  # a block format needs whole blocks; such layers stay in high precision
         layers[layer] = FORMATS[fmt]
     return layers
 
 
 def quantize_layer(w, fmt: str) -> dict:
     """One linear weight in ComfyUI's file format: {"weight", "weight_scale"[, "weight_scale_2"]};
-    `fmt` is a format name of the files (float8_e4m3fn, float8_e5m2, nvfp4)."""
+    `fmt` is a format name of the files (float8_e4m3fn, float8_e5m2, int8_tensorwise, mxfp8, nvfp4)."""
     import torch
 
     from ..kernels import fp8 as k_fp8
-    from ..kernels import nvfp4 as k_nvfp4
     if fmt == "nvfp4":
+        from ..kernels import nvfp4 as k_nvfp4
         q, blocked, s2 = k_nvfp4.quantize(w)
         return {"weight": q, "weight_scale": blocked, "weight_scale_2": s2.reshape(())}
+    if fmt == "mxfp8":
+        from ..kernels import mxfp8 as k_mxfp8
+        q, blocked = k_mxfp8.quantize(w)
+        return {"weight": q, "weight_scale": blocked}
+    if fmt == "int8_tensorwise":
+        from ..kernels import int8 as k_int8
+        q, scale = k_int8.quantize(w)
+        return {"weight": q, "weight_scale": scale.reshape(())}
     q, scale = k_fp8.quantize(w, dtype=getattr(torch, fmt))
     return {"weight": q, "weight_scale": scale.reshape(())}
 
@@ -102,6 +134,38 @@ def comfy_quant_tensor(fmt: str):
     """The per-layer `comfy_quant` tensor: uint8 UTF-8 JSON {"format": fmt}."""
     import torch
     return torch.tensor(list(json.dumps({"format": fmt}).encode()), dtype=torch.uint8)
+
+
+def verify(path: str, layers: dict, table: dict) -> list[str]:
+    """What a written quantized file gets wrong against its plan (`layers`: layer -> format, `table`: the
+    source's {name: (dtype, shape)}): each planned layer's tensors, dtypes and shapes, its comfy_quant
+    format, finite positive scalar scales, and no quantized layer the plan does not have. Empty: it
+    holds exactly what was planned."""
+    import torch
+
+    from .stream import Reader
+    bad = []
+    with Reader(path) as r:
+        for layer, fmt in layers.items():
+            for suffix, (dt, shape) in file_entries(fmt, table[layer + ".weight"][1]).items():
+                info = r.info(layer + suffix) if layer + suffix in r else None
+                if info is None or info.dtype != dt or tuple(info.shape) != tuple(shape):
+                    got = f"{info.dtype} {list(info.shape)}" if info else "missing"
+                    bad.append(f"{layer}{suffix} is {got}, planned {dt} {list(shape)}")
+                elif dt == "F32" and not shape:
+                    v = float(r.get(layer + suffix))
+                    if not (v > 0 and v < float("inf")):
+                        bad.append(f"{layer}{suffix} is {v}, not a finite positive scale")
+            conf = r.get(layer + ".comfy_quant") if layer + ".comfy_quant" in r else None
+            try:
+                got = json.loads(bytes(conf.to(torch.uint8).tolist()).decode()).get("format") if conf is not None else None
+            except (ValueError, AttributeError):
+                got = "unreadable"
+            if got != fmt:
+                bad.append(f"{layer}.comfy_quant says {got}, planned {fmt}")
+        extra = [k for k in r.keys() if k.endswith(".comfy_quant") and k[: -len(".comfy_quant")] not in layers]
+        bad += [f"{k[: -len('.comfy_quant')]} is quantized, planned in high precision" for k in extra]
+    return bad
 
 
 def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=False, progress=None) -> dict:
@@ -115,7 +179,7 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
     report = inspect_file(src)
     if not report["components"].get("denoiser"):
         raise ModelsmithError(f"{src}: no denoiser to quantize")
-    if report["precision"] in ("fp8-scaled", "nvfp4"):
+    if report.get("quantization") or report["precision"] in ("fp8-scaled", "nvfp4"):
         raise ModelsmithError(f"{src} is already quantized ({report['precision']})")
     family = report["family"]
     if preset == "auto":
@@ -136,14 +200,8 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
             layer = k[: -len(".weight")] if k.endswith(".weight") else None
             if layer in layers:
                 conf = json.dumps({"format": layers[layer]}).encode()
-                if fmt == "fp8":
-                    entries[k] = ("F8_E4M3", shape)
-                    entries[layer + ".weight_scale"] = ("F32", ())
-                else:
-                    rows, cols = shape
-                    entries[k] = ("U8", (rows, cols // 2))
-                    entries[layer + ".weight_scale"] = ("F8_E4M3", (-(-rows // 128) * 128, -(-(cols // 16) // 4) * 4))
-                    entries[layer + ".weight_scale_2"] = ("F32", ())
+                for suffix, spec in file_entries(layers[layer], shape).items():
+                    entries[layer + suffix] = spec
                 entries[layer + ".comfy_quant"] = ("U8", (len(conf),))
             else:
                 entries[k] = (dt, shape)
@@ -167,6 +225,13 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
                     w.add(k, t)
                 if progress:
                     progress(i + 1, len(table))
+    problems = verify(output, layers, table)  # the proof: nothing silently fell back
+    if problems:
+        import os
+        os.unlink(output)
+        raise ModelsmithError(f"{output}: the written file does not hold what was planned ({len(problems)} "
+                              f"problem{'s' if len(problems) > 1 else ''}, first: {problems[0]}); it was removed")
+    stats["verified_layers"] = len(layers)
     stats["bytes_per_param"] = stats["quantized_bytes"] / max(1, stats["quantized_params"])
     stats["output"] = output
     stats["preset"] = preset

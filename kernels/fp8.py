@@ -1,7 +1,9 @@
 """Scaled fp8 (e4m3fn, e5m2) with one fp32 scale per tensor: the torch reference.
 
 Quantize: q = clamp(x * (1/scale) in x's dtype, -max, max) cast to fp8 (round to nearest even);
-dequantize: q * scale in the output dtype. Bit-identical to comfy-kitchen's eager backend."""
+dequantize: q * scale in the output dtype. Bit-identical to comfy-kitchen's eager backend, except where
+1/scale overflows x's dtype (an fp16 weight whose amax is below 448/65504, or below 57344/65504 for
+e5m2): kitchen's product is then inf and its zeros NaN, the pack's is taken in float32."""
 from __future__ import annotations
 
 import torch
@@ -24,6 +26,8 @@ def quantize(x: torch.Tensor, scale: torch.Tensor | None = None, dtype=torch.flo
         scale = per_tensor_scale(x, dtype)
     lim = FP8_MAX[dtype]
     inv = (1.0 / scale).to(x.dtype)
+    if not torch.isfinite(inv):  # 1/scale beyond x's dtype (fp16 weights of small amax, e5m2 below ~0.9):
+        x, inv = x.float(), (1.0 / scale).float()  # the product in float32, where kitchen's eager gives inf/NaN
     flat = x.reshape(-1)
     q = torch.empty(flat.shape, dtype=dtype, device=x.device)
     step = 1 << 20  # chunks that stay in cache: the three passes then cost about one

@@ -7,7 +7,7 @@ import torch
 
 from ..core.errors import ModelsmithError
 from ..core import registry
-from ..core.quantize import run_quantize
+from ..core.quantize import FORMATS as QUANT_FILE_FORMATS, run_quantize
 from ..core.inspect import inspect_file
 from .common import model_file_choices, resolve_model
 from .model_tools import DESTINATIONS, _progress_bar, output_path
@@ -66,7 +66,7 @@ _QUANT_FOLDERS = ("diffusion_models", "checkpoints")
 
 
 class ModelsmithSaveQuantized:
-    DESCRIPTION = ("Quantizes a model file to fp8 (scaled) or nvfp4 in ComfyUI's native format (per-layer comfy_quant "
+    DESCRIPTION = ("Quantizes a model file to fp8 (e4m3 or e5m2, scaled), int8, mxfp8 or nvfp4 in ComfyUI's native format (per-layer comfy_quant "
                    "plus the _quantization_metadata header), keeping sensitive layers by family preset; streaming.")
     CATEGORY = "modelsmith/precision"
     RETURN_TYPES = ("STRING",)
@@ -78,7 +78,9 @@ class ModelsmithSaveQuantized:
     def INPUT_TYPES(cls):
         return {"required": {
             "model_file": (model_file_choices(_QUANT_FOLDERS),),
-            "format": (["fp8", "nvfp4"], {"default": "fp8", "tooltip": "nvfp4 files need a current ComfyUI."}),
+            "format": (list(QUANT_FILE_FORMATS), {"default": "fp8", "tooltip":
+                       "fp8 (e4m3) loads in every ComfyUI; fp8_e5m2, int8 (int8_tensorwise, for GPUs without fp8), "
+                       "mxfp8 and nvfp4 need ComfyUI >= 0.29. Every layer is checked after writing."}),
             "preset": (["auto", *registry.quantize_presets(), "none"], {"default": "auto", "tooltip":
                        "Layers kept in high precision: a family's (auto: the file's own family), or none."}),
             "exclude": ("STRING", {"default": "", "tooltip": "More layers to keep in high precision (comma-separated regex)."}),
@@ -99,12 +101,22 @@ class ModelsmithSaveQuantized:
         stats = run_quantize(src, out, fmt=format, preset=preset, exclude=exclude, overwrite=overwrite,
                              progress=_progress_bar())
         text = (f"wrote {out}: {stats['quantized_layers']} layers in {format}, "
-                f"{stats['bytes_per_param']:.3f} bytes/param (preset {stats['preset']})")
+                f"{stats['bytes_per_param']:.3f} bytes/param (preset {stats['preset']}); "
+                f"{stats['verified_layers']} layers checked against the plan after writing")
         return {"ui": {"text": [text]}, "result": (out,)}
 
 
 COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-QUANT_DTYPES = {"fp8_e4m3fn": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2", "nvfp4": "nvfp4"}
+QUANT_DTYPES = {"fp8_e4m3fn": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2", "nvfp4": "nvfp4",
+                "int8_tensorwise": "int8_tensorwise", "mxfp8": "mxfp8"}
+CORE_ONLY = ("int8_tensorwise", "mxfp8")  # run by core's quantized layers only (offered where the running core has them)
+
+
+def _quant_dtype_choices() -> list[str]:
+    import comfy.model_management
+    from ..compat.quantized import core_quant_ops
+    device = comfy.model_management.get_torch_device()
+    return [k for k, f in QUANT_DTYPES.items() if f not in CORE_ONLY or core_quant_ops(f, device) is not None]
 QUANT_BACKENDS = ("auto", "comfyui", "modelsmith")  # whose quantized layers (compat.quantized.quantized_patcher)
 
 
@@ -154,7 +166,7 @@ class ModelsmithModelComputeDtype:
     def INPUT_TYPES(cls):
         return {"required": {
             "model": ("MODEL",),
-            "dtype": (["auto", *COMPUTE_DTYPES, *QUANT_DTYPES], {"default": "auto"}),
+            "dtype": (["auto", *COMPUTE_DTYPES, *_quant_dtype_choices()], {"default": "auto"}),
             "preset": (["auto", *registry.quantize_presets(), "none"], {
                 "default": "auto", "tooltip": "Layers kept in high precision for fp8/nvfp4: a family's layers "
                                               "(auto: the model's own family), or none."}),
@@ -215,4 +227,4 @@ NODE_CLASS_MAPPINGS = {"ModelsmithModelComputeDtype": ModelsmithModelComputeDtyp
                        "ModelsmithVAEDecode": ModelsmithVAEDecode, "ModelsmithSaveQuantized": ModelsmithSaveQuantized}
 NODE_DISPLAY_NAME_MAPPINGS = {"ModelsmithModelComputeDtype": "Model Compute Dtype fp32/fp16/bf16/fp8/nvfp4 (Modelsmith)",
                               "ModelsmithVAEDecode": "VAE Decode, Never NaN (Modelsmith)",
-                              "ModelsmithSaveQuantized": "Save Quantized fp8 / nvfp4 (Modelsmith)"}
+                              "ModelsmithSaveQuantized": "Save Quantized fp8 / int8 / nvfp4 (Modelsmith)"}

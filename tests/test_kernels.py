@@ -72,3 +72,46 @@ def test_nvfp4_round_trip_error_is_small():
     y = nvfp4.dequantize(q, s, g, torch.float32)
     cos = torch.nn.functional.cosine_similarity(x.flatten(), y.flatten(), dim=0)
     assert cos > 0.99 and q.numel() + s.numel() < 0.57 * x.numel()  # 4.5 bits per value
+
+
+def _kitchen(name):
+    fn = getattr(ck, name, None)
+    if fn is None:
+        pytest.skip(f"this runtime's comfy-kitchen has no eager {name} to compare with (the other runtimes do)")
+    return fn
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_int8_tensorwise_bit_identical_to_comfy_kitchen(name):
+    from modelsmith.kernels import int8
+    x = CASES[name]
+    for dt in (torch.bfloat16, torch.float16, torch.float32):
+        xd = x.to(dt)
+        if not torch.isfinite(xd).all():
+            continue  # out of the dtype's range: no weight holds such values
+        q, s = int8.quantize(xd)
+        q_ck, s_ck = _kitchen("quantize_int8_tensorwise")(xd)
+        assert torch.equal(q, q_ck) and torch.equal(_bits(s), _bits(s_ck.float())), (name, dt)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in CASES if CASES[n].shape[1] % 32 == 0))
+def test_mxfp8_bit_identical_to_comfy_kitchen(name):
+    from modelsmith.kernels import mxfp8
+    x = CASES[name]
+    q, s = mxfp8.quantize(x)
+    q_ck, s_ck = _kitchen("quantize_mxfp8")(x)
+    assert torch.equal(_bits(q), _bits(q_ck)) and torch.equal(s, s_ck.view(torch.uint8)) and s.shape == s_ck.shape
+    deq = _kitchen("dequantize_mxfp8")
+    for dtype in (torch.bfloat16, torch.float32):
+        assert torch.equal(_bits(mxfp8.dequantize(q, s, dtype)), _bits(deq(q_ck, s_ck, dtype)))
+
+
+def test_fp8_of_small_fp16_weights_has_no_nan():
+    """An fp16 weight of amax 0.13 in e5m2: 1/scale (~4e5) overflows fp16, so the product is taken in
+    float32 (kitchen's eager turns the zeros into NaN here); every value comes back within e5m2's error."""
+    w = (torch.randn(64, 128, generator=torch.Generator().manual_seed(3)) * 0.03).half()
+    w[0, :8] = 0
+    for dtype in (torch.float8_e5m2, torch.float8_e4m3fn):
+        q, s = fp8.quantize(w, dtype=dtype)
+        back = fp8.dequantize(q, s, torch.float32)
+        assert torch.isfinite(back).all() and float((back - w.float()).norm() / w.float().norm()) < 0.1

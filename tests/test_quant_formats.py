@@ -200,3 +200,60 @@ def test_doctor_cli_shows_the_formats_per_layer_count(tmp_path):
                        timeout=300, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert r.returncode == 0, r.stderr
     assert "flux1 dev diffusion-model mixed (int8_tensorwise 2) flow" in r.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# the pack's writer: core's layouts, and the proof after writing
+
+def test_the_writer_uses_core_layouts_for_every_format_it_writes():
+    from modelsmith.core.quantize import FORMATS, file_entries
+    for fmt in FORMATS.values():
+        want = {".weight" + s: spec for s, spec in LAYER_TENSORS[fmt].items()}
+        assert file_entries(fmt, (64, 256)) == want, fmt
+
+
+def _small_model(path):
+    import safetensors.torch
+    g = torch.Generator().manual_seed(0)
+    sd = {f"blocks.{i}.mlp.layer{j}.weight": (torch.randn(64, 256, generator=g) * 0.05).to(torch.bfloat16)
+          for i in range(3) for j in (1, 2)}
+    sd["blocks.0.mlp.layer1.bias"] = torch.zeros(64, dtype=torch.bfloat16)
+    sd["x_embedder.proj.1.weight"] = torch.randn(64, 68, generator=g).to(torch.bfloat16)  # no 16/32 blocks
+    safetensors.torch.save_file(sd, str(path))
+    return sd
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "fp8_e5m2", "int8", "mxfp8", "nvfp4"])
+def test_every_written_layer_is_checked_against_the_plan(tmp_path, fmt):
+    """run_quantize re-reads what it wrote (formats, dtypes, shapes, scales) and reports the count; a
+    planted mismatch (a layer relabelled, a layer the plan keeps but the file quantizes) is caught."""
+    import safetensors.torch
+    from modelsmith.core.quantize import FORMATS, plan, verify
+    src, out = tmp_path / "m.safetensors", tmp_path / "q.safetensors"
+    _small_model(src)
+    st = run_quantize_ok(src, out, fmt)
+    assert st["verified_layers"] == st["quantized_layers"] == (6 if fmt in ("mxfp8", "nvfp4") else 7)
+    assert inspect_file(out)["quantization"] == {FORMATS[fmt]: st["quantized_layers"]}
+    table = {k: (v.dtype, v.shape) for k, v in _header(src).items()}
+    layers = plan(table, fmt, [])
+    assert verify(str(out), layers, table) == []
+    # planted: one layer's comfy_quant says another format; the plan keeps another layer high
+    tampered = safetensors.torch.load_file(str(out))
+    other = "float8_e4m3fn" if FORMATS[fmt] != "float8_e4m3fn" else "float8_e5m2"
+    tampered["blocks.1.mlp.layer2.comfy_quant"] = torch.tensor(list(json.dumps({"format": other}).encode()),
+                                                               dtype=torch.uint8)
+    safetensors.torch.save_file(tampered, str(out))
+    smaller = {k: v for k, v in layers.items() if k != "blocks.2.mlp.layer1"}
+    problems = verify(str(out), smaller, table)
+    assert f"blocks.1.mlp.layer2.comfy_quant says {other}, planned {FORMATS[fmt]}" in problems
+    assert "blocks.2.mlp.layer1 is quantized, planned in high precision" in problems
+
+
+def run_quantize_ok(src, out, fmt):
+    from modelsmith.core.quantize import run_quantize
+    return run_quantize(str(src), str(out), fmt=fmt, preset="none")
+
+
+def _header(path):
+    from modelsmith.core.safetensors_io import read_header
+    return read_header(str(path)).tensors

@@ -130,16 +130,41 @@ def test_save_quantized_node_over_http(server, mid_sd1_unet, output_dir):
     assert inspect_file(output_dir / "checkpoints" / "mid_sd1_nvfp4_node.safetensors")["precision"] == "nvfp4"
 
 
-@pytest.mark.parametrize("fmt", ["fp8", "nvfp4"])
+def _keys(path):
+    import safetensors
+    with safetensors.safe_open(str(path), "pt") as f:
+        return set(f.keys())
+
+
+def _pack_dequantized(path, layer, fmt):
+    """A layer of a written file dequantized by the pack's own kernels (float32)."""
+    import safetensors
+    from modelsmith.kernels import fp8, int8, mxfp8, nvfp4
+    with safetensors.safe_open(str(path), "pt") as f:
+        t = {s: f.get_tensor(layer + s) for s in (".weight", ".weight_scale", ".weight_scale_2")
+             if layer + s in f.keys()}
+    w, s = t[".weight"], t[".weight_scale"]
+    if fmt == "nvfp4":
+        return nvfp4.dequantize(w, s, t[".weight_scale_2"], torch.float32)
+    if fmt == "mxfp8":
+        return mxfp8.dequantize(w, s, torch.float32)
+    if fmt == "int8_tensorwise":
+        return int8.dequantize(w, s, torch.float32)
+    return fp8.dequantize(w, s, torch.float32)
+
+
+@pytest.mark.parametrize("fmt", ["fp8", "fp8_e5m2", "int8", "mxfp8", "nvfp4"])
 def test_save_quantized_into_diffusion_models_then_core_unet_loader_samples(comfy, mid_sd1_unet, models_dir, fmt):
     """Save Quantized with destination auto puts a denoiser-only file into models/diffusion_models, where
-    core Load Diffusion Model (UNETLoader) lists it; core loads it into its own quantized layers and
-    KSampler samples it. nvfp4 needs a ComfyUI that reads nvfp4 files (0.29; 0.3.75 reads fp8 only)."""
+    core Load Diffusion Model (UNETLoader) lists it; core loads it into its own quantized layers (its
+    dequantized weights equal the pack's kernels' on the same file) and KSampler samples it. Each format
+    where the running ComfyUI reads it (asked of its QUANT_ALGOS; 0.3.75 reads fp8 only)."""
     import comfy.quant_ops
     import folder_paths
     import nodes
-    if fmt == "nvfp4" and "nvfp4" not in getattr(comfy.quant_ops, "QUANT_ALGOS", {}):
-        pytest.skip("ComfyUI 0.3.75 reads only fp8 quantized files; nvfp4 is tested on 0.29")
+    from modelsmith.core.quantize import FORMATS
+    if FORMATS[fmt] not in getattr(comfy.quant_ops, "QUANT_ALGOS", {}):
+        pytest.skip(f"this ComfyUI does not read {FORMATS[fmt]} files (its QUANT_ALGOS); tested on the runtimes that do")
     from modelsmith.nodes.precision import ModelsmithSaveQuantized
     name = f"mid_sd1_{fmt}_saved"
     out = ModelsmithSaveQuantized().save(f"diffusion_models/{mid_sd1_unet.name}", fmt, "auto", "", name, "auto",
@@ -148,8 +173,15 @@ def test_save_quantized_into_diffusion_models_then_core_unet_loader_samples(comf
         assert out.startswith(folder_paths.get_folder_paths("diffusion_models")[0])
         assert f"{name}.safetensors" in folder_paths.get_filename_list("diffusion_models")
         model = nodes.NODE_CLASS_MAPPINGS["UNETLoader"]().load_unet(f"{name}.safetensors", "default")[0]
-        qt = [m for m in model.model.diffusion_model.modules() if type(getattr(m, "weight", None)).__name__ == "QuantizedTensor"]
+        qt = {n: m for n, m in model.model.diffusion_model.named_modules()
+              if type(getattr(m, "weight", None)).__name__ == "QuantizedTensor"}
         assert qt, "core built no quantized layers from the file"
+        for name_, m in list(qt.items())[:6]:
+            assert m.quant_format == FORMATS[fmt]
+            core_w = m.weight.dequantize().float()
+            pack_w = _pack_dequantized(out, "model.diffusion_model." + name_ if "model.diffusion_model." + name_ + ".weight"
+                                       in _keys(out) else name_, FORMATS[fmt])
+            assert core_w.shape == pack_w.shape and torch.allclose(core_w, pack_w, rtol=1e-2, atol=1e-6), name_
         g = torch.Generator().manual_seed(1)
         cond = [[torch.randn(1, 77, 768, generator=g), {}]]
         latent = {"samples": torch.zeros(1, 4, 16, 16)}

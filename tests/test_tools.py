@@ -345,6 +345,8 @@ def test_cli_names_agree_with_the_registries():
     from modelsmith.core import merge, names, prompt
     from modelsmith.tools import queue
     assert tuple(sorted(merge.METHODS)) == names.MERGE_METHODS
+    from modelsmith.core import quantize
+    assert tuple(quantize.FORMATS) == names.QUANTIZE_FORMATS
     assert prompt.CONVENTIONS == names.CONVENTIONS and queue.DEFAULT_SERVER == names.DEFAULT_SERVER
 
 

@@ -260,7 +260,7 @@ def _node_api(info: dict) -> dict:
         if not node.startswith("Modelsmith"):
             continue
         out[node] = {sec: {n: kind(s) for n, s in i["input"].get(sec, {}).items()} for sec in ("required", "optional")}
-        out[node]["output"] = list(i["output"])
+        out[node]["output"] = ["COMBO" if isinstance(o, list) else o for o in i["output"]]  # a choice list, as COMBO
         out[node]["output_name"] = list(i.get("output_name") or i["output"])
     return out
 
