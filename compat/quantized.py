@@ -57,7 +57,7 @@ def core_quant_ops(fmt: str, device):
             or not hasattr(comfy.ops, "mixed_precision_ops"):
         return None
     disabled = set()
-    for fn, names in (("supports_nvfp4_compute", ("nvfp4",)),
+    for fn, names in (("supports_nvfp4_compute", ("nvfp4",)), ("supports_mxfp8_compute", ("mxfp8",)),
                       ("supports_fp8_compute", ("float8_e4m3fn", "float8_e5m2"))):
         check = getattr(mm, fn, None)
         if check is None or not check(device):
