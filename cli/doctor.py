@@ -50,7 +50,7 @@ def cmd_doctor(args) -> int:
         s = e.get("summary") or {}
         what = " ".join(str(x) for x in (s.get("family"), s.get("variant"), s.get("layout") or s.get("kind"),
                                          s.get("precision"),
-                                         "(" + ", ".join(f"{k} {n}" for k, n in s["quantization"].items()) + ")"
+                                         "(" + ", ".join(f"{k} {n}" for k, n in {**s["quantization"], **(s.get("unquantized_layers") or {})}.items()) + ")"
                                          if s.get("quantization") else None,
                                          s.get("prediction"), "ztsnr" if s.get("ztsnr") else None)
                         if x and x != "unknown") or e.get("status")

@@ -46,10 +46,24 @@ def cmd_merge(args) -> int:
 def cmd_quantize(args) -> int:
     from ..core.quantize import run_quantize
     out = common.output_path(args.output, args.keep_name)
+    from ..core.errors import ModelsmithError
+    from ..core.qplan import format_report
+    candidates = [c.strip() for c in (args.candidates or "nvfp4,fp8").split(",") if c.strip()]
+    if args.max_gb is not None and args.max_gb <= 0 or args.max_error is not None and args.max_error <= 0:
+        raise ModelsmithError("--max-gb and --max-error take a positive number")
     rep = run_quantize(args.input, out, fmt=args.format, preset=args.preset, exclude=args.exclude or "",
-                       overwrite=args.overwrite, progress=common.progress("quantize"))
-    print(f"wrote {rep['output']}: {rep['quantized_layers']} layers in {args.format} "
-          f"({rep['bytes_per_param']:.3f} bytes/param), preset {rep['preset']}")
+                       overwrite=args.overwrite, progress=None if args.json else common.progress("quantize"),
+                       max_error=args.max_error, max_bytes=args.max_gb * 1e9 if args.max_gb else None,
+                       candidates=candidates)
+    if args.json:
+        import json
+        print(json.dumps({k: rep[k] for k in ("output", "preset", "quantized_layers", "verified_layers", "quality")},
+                         indent=1))
+        return 0
+    what = "mixed formats" if args.max_gb or args.max_error else args.format
+    print(f"wrote {rep['output']}: {rep['quantized_layers']} layers in {what} "
+          f"({rep['bytes_per_param']:.3f} bytes/param), preset {rep['preset']}; all checked after writing")
+    print(f"quality: {format_report(rep['quality'])}")
     return 0
 
 
@@ -131,6 +145,11 @@ def register_quantize(sub) -> None:
     q.add_argument("--preset", choices=["auto", *registry.quantize_presets(), "none"], default="auto",
                    help="layers kept in high precision: a family's (auto: the detected family's), or none")
     q.add_argument("--exclude", help="more layers to keep, comma-separated regular expressions")
+    q.add_argument("--max-gb", type=float, help="mixed formats: the best measured quality within this file size")
+    q.add_argument("--max-error", type=float, help="mixed formats: per layer the smallest format whose relative "
+                                                   "output error is within this (e.g. 0.03)")
+    q.add_argument("--candidates", help="the formats a mixed plan picks from (default nvfp4,fp8)")
+    q.add_argument("--json", action="store_true", help="print the result and quality report as JSON")
     q.add_argument("--overwrite", action="store_true")
     q.add_argument("--keep-name", action="store_true")
     q.set_defaults(func=cmd_quantize)

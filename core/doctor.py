@@ -30,8 +30,10 @@ KINDS = ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras")
 # ComfyUI's legacy folder names that hold the same kinds
 ALIASES = {"unet": "diffusion_models", "clip": "text_encoders"}
 MODEL_EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
-CACHE_VERSION = 7
-_SUMMARY_KEYS = ("position_ids", "text_encoder", "vae", "not_opened", "vae_mismatch", "family", "variant", "layout", "precision", "quantization", "prediction", "ztsnr", "ema", "params",
+CACHE_VERSION = 8
+_SUMMARY_KEYS = ("position_ids", "text_encoder", "vae", "not_opened", "vae_mismatch", "family", "variant", "layout",
+                 "precision", "quantization", "unquantized_layers", "quantization_quality", "prediction", "ztsnr",
+                 "ema", "params",
                  "kind", "components", "warnings", "modelspec", "lora")
 _DETAIL_KEYS = ("blocks", "width", "adapter_blocks", "text_encoder", "core_adapter_fits", "comfyui_loads_whole_since",
                 "extra_modules")

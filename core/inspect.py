@@ -197,6 +197,21 @@ def inspect_tensors(tensors: dict, metadata: dict | None = None, *, header=None,
         for fmt in quant.values():
             counts[fmt] = counts.get(fmt, 0) + 1
         report["quantization"] = dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+        high = {}  # the denoiser's other matrices, as a quantized file's third count ("bf16 52")
+        for name, info in den.items():
+            if name.endswith(".weight") and len(info[1]) == 2 and name[:-7] not in quant \
+                    and info[0] in ("F32", "F16", "BF16"):
+                high[info[0].lower()] = high.get(info[0].lower(), 0) + 1
+        if high:
+            report["unquantized_layers"] = high
+        q = metadata.get("modelsmith.quantization")
+        if q:  # the quality report the pack's quantizer wrote
+            try:
+                rep_q = small_json_object(q, "modelsmith.quantization")
+                report["quantization_quality"] = {k: rep_q[k] for k in ("mean_error", "worst_error", "worst_layer",
+                                                                        "measure") if k in rep_q}
+            except ModelsmithError:
+                warnings.append("The file's modelsmith.quantization report is damaged; ignored.")
         unknown = sorted(f for f in counts if f not in QUANT_FORMATS)
         if unknown:
             warnings.append("Quantized layers in a format neither Modelsmith nor any ComfyUI it knows reads: "

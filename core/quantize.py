@@ -130,6 +130,21 @@ def quantize_layer(w, fmt: str) -> dict:
     return {"weight": q, "weight_scale": scale.reshape(())}
 
 
+def dequantize_layer(parts: dict, fmt: str, dtype):
+    """The weight back from quantize_layer's tensors (the pack's kernels; what core computes with)."""
+    if fmt == "nvfp4":
+        from ..kernels import nvfp4 as k
+        return k.dequantize(parts["weight"], parts["weight_scale"], parts["weight_scale_2"], dtype)
+    if fmt == "mxfp8":
+        from ..kernels import mxfp8 as k
+        return k.dequantize(parts["weight"], parts["weight_scale"], dtype)
+    if fmt == "int8_tensorwise":
+        from ..kernels import int8 as k
+        return k.dequantize(parts["weight"], parts["weight_scale"], dtype)
+    from ..kernels import fp8 as k
+    return k.dequantize(parts["weight"], parts["weight_scale"], dtype)
+
+
 def comfy_quant_tensor(fmt: str):
     """The per-layer `comfy_quant` tensor: uint8 UTF-8 JSON {"format": fmt}."""
     import torch
@@ -168,14 +183,27 @@ def verify(path: str, layers: dict, table: dict) -> list[str]:
     return bad
 
 
-def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=False, progress=None) -> dict:
+def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=False, progress=None,
+                 max_error=None, max_bytes=None, candidates=("nvfp4", "fp8")) -> dict:
+    """Quantize `src` into `output` in one format (`fmt`), or with `max_error` / `max_bytes` one format
+    per layer among `candidates` chosen by measured error (core/qplan.py). Every quantized layer's
+    output error is measured and reported (returned, and in the file's `modelsmith.quantization`
+    metadata); the written file is re-read and checked against the plan."""
+    import os
+
     import torch
 
+    from . import qplan
     from .inspect import inspect_file
     from .stream import AtomicWriter, Reader, prefetched
 
-    if fmt not in FORMATS:
-        raise ModelsmithError(f"format must be one of {', '.join(FORMATS)}")
+    mixed = max_error is not None or max_bytes is not None
+    wanted = list(candidates) if mixed else [fmt]
+    bad = [f for f in wanted if f not in FORMATS]
+    if bad:
+        raise ModelsmithError(f"format must be one of {', '.join(FORMATS)} (not {', '.join(bad)})")
+    if max_error is not None and max_bytes is not None:
+        raise ModelsmithError("give an error budget or a size budget, not both")
     report = inspect_file(src)
     if not report["components"].get("denoiser"):
         raise ModelsmithError(f"{src}: no denoiser to quantize")
@@ -188,13 +216,40 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
         raise ModelsmithError(f"unknown preset {preset!r}; choose auto, none or a family: {', '.join(registry.IDS)}")
     patterns = preset_patterns(preset) + parse_exclude(exclude)
     rec = registry.get(family)
-    if fmt == "nvfp4" and rec:  # the file must still be detected as what it is: the layers core's detection reads stay
-        patterns += list(rec.keep_high_nvfp4_file)
     from .families import find_denoiser
     with Reader(src) as r:
         table = {k: (t.dtype, t.shape) for k, t in r.header.tensors.items()}
         _, prefix = find_denoiser(table)
-        layers = plan(table, fmt, patterns, prefix or "")
+        options = {}  # layer -> the formats it may take
+        for f in wanted:
+            extra = list(rec.keep_high_nvfp4_file) if f == "nvfp4" and rec else []  # what core's detection reads
+            for layer, name in plan(table, f, patterns + extra, prefix or "").items():
+                options.setdefault(layer, []).append(name)
+        errors = {}
+        cache = {}
+        if mixed:  # pass 1: every candidate of every layer measured, one tensor in memory at a time
+            names = [l + ".weight" for l in options]
+            for i, (k, t) in enumerate(prefetched(names, r.get)):
+                x = t.to(torch.bfloat16) if t.dtype == torch.float32 else t
+                errors[k[:-7]] = {f: qplan.output_error(x, f, cache) for f in options[k[:-7]]}
+                if progress:
+                    progress(i + 1, 2 * len(names) + len(table))
+            sizes = {l: {**{f: qplan.layer_bytes(f, table[l + ".weight"][1], "U8") for f in options[l]},
+                         None: qplan.layer_bytes(None, table[l + ".weight"][1], table[l + ".weight"][0])}
+                     for l in options}
+            if max_error is not None:
+                chosen = qplan.choose_by_error(errors, max_error, sizes)
+            else:
+                fixed = sum(qplan.layer_bytes(None, shape, dt) for k, (dt, shape) in table.items()
+                            if not (k.endswith(".weight") and k[:-7] in options))
+                chosen = qplan.choose_by_size(errors, sizes, int(max_bytes), fixed)
+                if chosen is None:
+                    least = fixed + sum(min(v for f, v in sizes[l].items() if f) for l in options)
+                    raise ModelsmithError(f"even with every layer in its smallest format the file holds "
+                                          f"{least / 1e9:.3g} GB, over the {max_bytes / 1e9:.3g} GB asked")
+            layers = {l: f for l, f in chosen.items() if f is not None}
+        else:
+            layers = {l: f[0] for l, f in options.items()}
         entries = {}
         for k, (dt, shape) in table.items():
             layer = k[: -len(".weight")] if k.endswith(".weight") else None
@@ -210,13 +265,17 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
         if fp8_layers:
             meta["_quantization_metadata"] = json.dumps({"format_version": "1.0", "layers": fp8_layers})
         stats = {"quantized_layers": len(layers), "quantized_params": 0, "quantized_bytes": 0}
-        with AtomicWriter(output, entries, meta, overwrite=overwrite) as w:
+        offset = 2 * len(options) if mixed else 0
+        late = {"modelsmith.quantization": qplan.reserve(layers)}
+        with AtomicWriter(output, entries, meta, overwrite=overwrite, late=late) as w:
             for i, (k, t) in enumerate(prefetched(list(table), r.get)):
                 layer = k[: -len(".weight")] if k.endswith(".weight") else None
                 if layer in layers:
                     x = t.to(torch.bfloat16) if t.dtype == torch.float32 else t
                     parts = [(layer + "." + n, v) for n, v in quantize_layer(x, layers[layer]).items()]
                     parts.append((layer + ".comfy_quant", comfy_quant_tensor(layers[layer])))
+                    if layer not in errors or layers[layer] not in errors[layer]:
+                        errors.setdefault(layer, {})[layers[layer]] = qplan.output_error(x, layers[layer], cache)
                     stats["quantized_params"] += t.numel()
                     stats["quantized_bytes"] += sum(p.numel() * p.element_size() for n, p in parts[:-1])
                     for n, p in parts:
@@ -224,14 +283,17 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
                 else:
                     w.add(k, t)
                 if progress:
-                    progress(i + 1, len(table))
+                    progress(offset + i + 1, offset + len(table))
+            quality = qplan.report(layers, {l: errors[l][f] for l, f in layers.items()},
+                                   os.path.getsize(src), len(w.prefix) + w.data_size)
+            w.set_late("modelsmith.quantization", json.dumps(quality, separators=(",", ":")))
     problems = verify(output, layers, table)  # the proof: nothing silently fell back
     if problems:
-        import os
         os.unlink(output)
         raise ModelsmithError(f"{output}: the written file does not hold what was planned ({len(problems)} "
                               f"problem{'s' if len(problems) > 1 else ''}, first: {problems[0]}); it was removed")
     stats["verified_layers"] = len(layers)
+    stats["quality"] = quality
     stats["bytes_per_param"] = stats["quantized_bytes"] / max(1, stats["quantized_params"])
     stats["output"] = output
     stats["preset"] = preset

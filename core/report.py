@@ -6,7 +6,12 @@ def format_report(r: dict) -> str:
     rows = [("file", r.get("file", {}).get("path", "")), ("family", r["family"]), ("variant", r["variant"] or "-"),
             ("layout", r["layout"] or "-"), ("precision", r["precision"] or "-")]
     if r.get("quantization"):
-        rows.append(("quantized", ", ".join(f"{fmt} {n}" for fmt, n in r["quantization"].items()) + " layers"))
+        counts = {**r["quantization"], **(r.get("unquantized_layers") or {})}
+        rows.append(("quantized", ", ".join(f"{fmt} {n}" for fmt, n in counts.items()) + " layers"))
+        qq = r.get("quantization_quality")
+        if qq:
+            rows.append(("quality", f"output error mean {qq.get('mean_error')}, worst {qq.get('worst_error')} "
+                                    f"({qq.get('worst_layer')})"))
     rows += [
             ("prediction", r["prediction"] or "-"), ("ztsnr", "yes" if r["ztsnr"] else "no"),
             ("ema", "yes" if r["ema"] else "no"), ("params", f"{r['params'] / 1e6:,.1f} M"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import shutil
 
@@ -116,13 +117,18 @@ class AtomicWriter:
     With `hash_key` set, that metadata key gets the sha256 of the data (written at the end into a
     placeholder of the same length, so the header size never changes)."""
 
-    def __init__(self, path, entries: dict, metadata: dict | None = None, *, overwrite=False, hash_key=None):
+    def __init__(self, path, entries: dict, metadata: dict | None = None, *, overwrite=False, hash_key=None,
+                 late: dict | None = None):
         self.path = check_output_path(path, overwrite=overwrite)
         self.entries = dict(entries)
         self.metadata = dict(metadata or {})
         self.hash_key = hash_key
         if hash_key:
             self.metadata[hash_key] = HASH_PLACEHOLDER
+        # late metadata {key: reserved characters}: known only once the data is written (set_late)
+        self.late = {k: (chr(0x7e) * n, None) for k, n in (late or {}).items()}
+        for k, (placeholder, _) in self.late.items():
+            self.metadata[k] = placeholder
         self.prefix, self.data_size = build_header_bytes(self.entries, self.metadata)
         folder = os.path.dirname(self.path)
         try:
@@ -172,6 +178,14 @@ class AtomicWriter:
                 raise ModelsmithError(f"disk full while writing {self.path}; nothing was written") from None
             raise ModelsmithError(f"cannot write {self.path}: {e.strerror}") from None
 
+    def set_late(self, key: str, value: str) -> None:
+        """The value of a late metadata key; it must fit the characters reserved for it."""
+        placeholder, _ = self.late[key]
+        escaped = json.dumps(value)[1:-1]
+        if len(escaped) > len(placeholder):
+            raise ModelsmithError(f"metadata {key!r} needs {len(escaped)} characters, {len(placeholder)} were reserved")
+        self.late[key] = (placeholder, escaped + " " * (len(placeholder) - len(escaped)))
+
     def add(self, name, tensor):
         expect = self.order[self.next] if self.next < len(self.order) else None
         if name != expect:
@@ -208,9 +222,12 @@ class AtomicWriter:
             self._abort()
             raise RuntimeError(f"{len(self.order) - self.next} tensors were never written")
         try:
+            patched = self.prefix
             if self.hash_key:
-                digest = self.sha.hexdigest()
-                patched = self.prefix.replace(HASH_PLACEHOLDER.encode(), digest.encode(), 1)
+                patched = patched.replace(HASH_PLACEHOLDER.encode(), self.sha.hexdigest().encode(), 1)
+            for placeholder, value in self.late.values():  # same length: the header size never changes
+                patched = patched.replace(placeholder.encode(), (value or "").ljust(len(placeholder)).encode(), 1)
+            if patched is not self.prefix:
                 self.f.seek(0)
                 self.f.write(patched)
         except OSError as e:

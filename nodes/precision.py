@@ -78,9 +78,10 @@ class ModelsmithSaveQuantized:
     def INPUT_TYPES(cls):
         return {"required": {
             "model_file": (model_file_choices(_QUANT_FOLDERS),),
-            "format": (list(QUANT_FILE_FORMATS), {"default": "fp8", "tooltip":
+            "format": ([*QUANT_FILE_FORMATS, "mixed"], {"default": "fp8", "tooltip":
                        "fp8 (e4m3) loads in every ComfyUI; fp8_e5m2, int8 (int8_tensorwise, for GPUs without fp8), "
-                       "mxfp8 and nvfp4 need ComfyUI >= 0.29. Every layer is checked after writing."}),
+                       "mxfp8 and nvfp4 need ComfyUI >= 0.29. mixed: per layer one of `candidates`, chosen by "
+                       "measured output error within max_error or max_gb. Every layer is checked after writing."}),
             "preset": (["auto", *registry.quantize_presets(), "none"], {"default": "auto", "tooltip":
                        "Layers kept in high precision: a family's (auto: the file's own family), or none."}),
             "exclude": ("STRING", {"default": "", "tooltip": "More layers to keep in high precision (comma-separated regex)."}),
@@ -90,19 +91,39 @@ class ModelsmithSaveQuantized:
                             "models/diffusion_models (Load Diffusion Model), a checkpoint to models/checkpoints "
                             "(Load Checkpoint)."}),
             "overwrite": ("BOOLEAN", {"default": False}),
+        }, "optional": {
+            "max_error": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.005, "tooltip":
+                          "mixed: per layer the smallest candidate whose relative output error is within this "
+                          "(0: use max_gb)."}),
+            "max_gb": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1000.0, "step": 0.1, "tooltip":
+                       "mixed: the lowest measured error within this file size in GB (used when max_error is 0)."}),
+            "candidates": ("STRING", {"default": "nvfp4,fp8", "tooltip":
+                           "mixed: the formats a layer may take, comma-separated (fp8, fp8_e5m2, int8, mxfp8, nvfp4)."}),
         }}
 
-    def save(self, model_file, format, preset, exclude, output_name, destination, overwrite):
+    def save(self, model_file, format, preset, exclude, output_name, destination, overwrite, max_error=0.0,
+             max_gb=0.0, candidates="nvfp4,fp8"):
+        from ..core.qplan import format_report
+        budget = {}
+        if format == "mixed":
+            if max_error > 0:
+                budget = {"max_error": max_error}
+            elif max_gb > 0:
+                budget = {"max_bytes": max_gb * 1e9}
+            else:
+                raise ModelsmithError("mixed needs a budget: set max_error (e.g. 0.03) or max_gb")
+            budget["candidates"] = [c.strip() for c in candidates.split(",") if c.strip()]
         src = resolve_model(model_file, _QUANT_FOLDERS)
         if destination == "auto":
             layout = inspect_file(src).get("layout")
             destination = "models/diffusion_models" if layout == "diffusion-model" else "models/checkpoints"
         out = output_path(output_name, destination, overwrite=overwrite)
-        stats = run_quantize(src, out, fmt=format, preset=preset, exclude=exclude, overwrite=overwrite,
-                             progress=_progress_bar())
+        stats = run_quantize(src, out, fmt="fp8" if format == "mixed" else format, preset=preset, exclude=exclude,
+                             overwrite=overwrite, progress=_progress_bar(), **budget)
         text = (f"wrote {out}: {stats['quantized_layers']} layers in {format}, "
                 f"{stats['bytes_per_param']:.3f} bytes/param (preset {stats['preset']}); "
-                f"{stats['verified_layers']} layers checked against the plan after writing")
+                f"{stats['verified_layers']} layers checked against the plan after writing\n"
+                f"quality: {format_report(stats['quality'])}")
         return {"ui": {"text": [text]}, "result": (out,)}
 
 

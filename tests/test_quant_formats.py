@@ -71,7 +71,9 @@ def test_inspect_names_the_format_per_layer_and_counts_logical_parameters(tmp_pa
     assert rep["params"] == plain + 3 * 64 * 256
     assert not [w for w in rep["warnings"] if "format" in w]
     from modelsmith.core.report import format_report
-    assert f"quantized      {fmt} 3 layers" in format_report(rep)
+    # beside the quantized layers, the denoiser's matrices kept in high precision (the file's other 2-D weights)
+    assert rep["unquantized_layers"] == {"bf16": 5}
+    assert f"quantized      {fmt} 3, bf16 5 layers" in format_report(rep)
 
 
 def test_inspect_counts_mixed_formats_and_names_an_unknown_one(tmp_path):
@@ -199,7 +201,7 @@ def test_doctor_cli_shows_the_formats_per_layer_count(tmp_path):
     r = subprocess.run([sys.executable, "-m", "modelsmith", "doctor", str(models)], capture_output=True, text=True,
                        timeout=300, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")})
     assert r.returncode == 0, r.stderr
-    assert "flux1 dev diffusion-model mixed (int8_tensorwise 2) flow" in r.stdout
+    assert "flux1 dev diffusion-model mixed (int8_tensorwise 2, bf16 5) flow" in r.stdout
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,3 +259,94 @@ def run_quantize_ok(src, out, fmt):
 def _header(path):
     from modelsmith.core.safetensors_io import read_header
     return read_header(str(path)).tensors
+
+
+# ----------------------------------------------------------------------------------------------
+# mixed formats chosen by measured error, and the quality report
+
+def _generated_layers(path, n=6):
+    """Layers of realistic shapes (scaled down): Gaussian weights, every third with outlier columns,
+    as attention and MLP weights have, so formats differ in error from layer to layer."""
+    import safetensors.torch
+    g = torch.Generator().manual_seed(1)
+    sd = {}
+    for i in range(n):
+        for j, shape in enumerate(((2048, 512), (512, 2048), (512, 512))):
+            w = torch.randn(*shape, generator=g) * 0.02
+            if (i + j) % 3 == 0:
+                w[:, :4] *= 40
+            sd[f"blocks.{i}.mlp.layer{j + 1}.weight" if j < 2 else f"blocks.{i}.self_attn.q_proj.weight"] = w.bfloat16()
+    sd["blocks.0.adaln_modulation.1.weight"] = (torch.randn(512, 512, generator=g) * 0.02).bfloat16()
+    safetensors.torch.save_file(sd, str(path))
+
+
+def _quality(path):
+    from modelsmith.core.safetensors_io import read_header
+    return json.loads(read_header(str(path)).metadata["modelsmith.quantization"])
+
+
+def test_the_planner_meets_its_budgets_and_beats_uniform_and_random(tmp_path):
+    import os
+    import random
+    from modelsmith.core import qplan
+    from modelsmith.core.quantize import run_quantize
+    src = tmp_path / "src.safetensors"
+    _generated_layers(src)
+    uni = {}
+    for f in ("nvfp4", "fp8"):
+        run_quantize(str(src), str(tmp_path / f"{f}.safetensors"), fmt=f, preset="none")
+        uni[f] = (os.path.getsize(tmp_path / f"{f}.safetensors"), _quality(tmp_path / f"{f}.safetensors"))
+    budget = uni["nvfp4"][0] * 1.25
+    st = run_quantize(str(src), str(tmp_path / "mixed.safetensors"), preset="none", max_bytes=budget)
+    size, q = os.path.getsize(tmp_path / "mixed.safetensors"), st["quality"]
+    assert size <= budget and q == _quality(tmp_path / "mixed.safetensors") and len(q["formats"]) >= 2
+    assert q["mean_error"] <= 0.75 * uni["nvfp4"][1]["mean_error"], (q["mean_error"], uni["nvfp4"][1]["mean_error"])
+    # the same bytes spent on layers picked at random (from every layer in nvfp4, upgrades to fp8 in a random order)
+    per = {l: e for l, (f, e) in uni["nvfp4"][1]["layers"].items()}
+    fp8_err = {l: e for l, (f, e) in uni["fp8"][1]["layers"].items()}
+    from modelsmith.core.safetensors_io import read_header
+    table = read_header(str(src)).tensors
+    cost = {l: qplan.layer_bytes("float8_e4m3fn", table[l + ".weight"].shape, "U8")
+            - qplan.layer_bytes("nvfp4", table[l + ".weight"].shape, "U8") for l in per}
+    rnd, spent, room = dict(per), 0, budget - uni["nvfp4"][0]
+    order = sorted(per)
+    random.Random(0).shuffle(order)
+    for l in order:
+        if spent + cost[l] <= room:
+            spent += cost[l]
+            rnd[l] = fp8_err[l]
+    assert q["mean_error"] < sum(rnd.values()) / len(rnd)
+    # an error budget: every quantized layer within it, the others kept in high precision
+    st = run_quantize(str(src), str(tmp_path / "err.safetensors"), preset="none", max_error=0.05,
+                      candidates=("nvfp4", "int8", "fp8"))
+    errs = [e for _, e in st["quality"]["layers"].values()]
+    assert errs and max(errs) <= 0.05 and st["quality"]["worst_error"] <= 0.05
+    # outlier-free layers: int8 (as small as fp8, listed first) is within 0.05 where nvfp4 is not
+    assert "int8_tensorwise" in st["quality"]["formats"]
+
+
+def test_the_family_keeps_its_layers_high_in_a_mixed_plan(tmp_path):
+    from modelsmith.core.quantize import run_quantize
+    src = tmp_path / "src.safetensors"
+    _generated_layers(src, n=2)
+    st = run_quantize(str(src), str(tmp_path / "m.safetensors"), preset="cosmos-predict2", max_error=1.0)
+    layers = st["quality"]["layers"]
+    assert "blocks.0.mlp.layer1" not in layers and "blocks.0.adaln_modulation.1" not in layers  # blocks.0 stays high
+    assert "blocks.1.mlp.layer1" in layers and set(st["quality"]["formats"]) == {"nvfp4"}  # within 1.0: the smallest
+
+
+def test_the_report_is_in_the_cli_json_and_in_inspect(tmp_path):
+    import subprocess
+    import sys
+    src = tmp_path / "src.safetensors"
+    _generated_layers(src, n=2)
+    out = tmp_path / "q.safetensors"
+    r = subprocess.run([sys.executable, "-m", "modelsmith", "quantize", str(src), str(out), "--preset", "none",
+                        "--max-error", "0.04", "--json"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["quality"] == _quality(out) and rep["verified_layers"] == rep["quantized_layers"]
+    assert set(rep["quality"]) >= {"formats", "size_before", "size_after", "mean_error", "worst_error", "layers"}
+    info = inspect_file(out)
+    assert info["quantization_quality"]["worst_error"] == rep["quality"]["worst_error"]
+    assert info["quantization"] == rep["quality"]["formats"]

@@ -22,7 +22,8 @@ function value(f, key) {
   if (key === "family" && s.lora) return "lora: " + (s.lora.family || "");
   if (key === "variant" && s.lora) return s.lora.targets || "";
   if (key === "precision" && s.quantization) {
-    return s.precision + " (" + Object.entries(s.quantization).map(([k, n]) => `${k} ${n}`).join(", ") + ")";
+    const counts = Object.assign({}, s.quantization, s.unquantized_layers || {});
+    return s.precision + " (" + Object.entries(counts).map(([k, n]) => `${k} ${n}`).join(", ") + ")";
   }
   return s[key] ?? "";
 }

@@ -1,0 +1,125 @@
+"""Per-layer quantization formats chosen by measured error, and the quality report of a quantization.
+
+The error of a layer in a format is the relative output error on activations: ||X Wq^T - X W^T|| /
+||X W^T|| for X of 64 rows of standard normal values (seeded by the layer's input width, the same for
+every format and run), Wq the weight quantized and dequantized by the pack's kernels. A plan gives
+each eligible layer one format:
+
+- by an error budget (`max_error`): the smallest candidate whose error is within it, else the layer
+  stays in high precision;
+- by a size budget (`max_bytes`, the whole file): every layer starts in its smallest candidate, then
+  the upgrades that remove the most error per byte are taken (greedy, in that order) while the file
+  stays within the budget.
+
+The family's keep-in-high-precision layers never enter a plan (core/quantize.py drops them first)."""
+from __future__ import annotations
+
+import heapq
+import json
+import math
+
+ROWS = 64  # activation rows per measurement
+
+
+def _activations(cols: int, cache: dict):
+    import torch
+    if cols not in cache:
+        g = torch.Generator().manual_seed(1000 + cols)
+        cache[cols] = torch.randn(ROWS, cols, generator=g)
+    return cache[cols]
+
+
+def output_error(w, fmt: str, cache: dict) -> float:
+    """Relative output error of weight `w` stored in format `fmt` (a `comfy_quant` name)."""
+    import torch
+
+    from .quantize import dequantize_layer, quantize_layer
+    x = _activations(w.shape[1], cache)
+    wf = w.float()
+    back = dequantize_layer(quantize_layer(w, fmt), fmt, torch.float32)
+    ref = x @ wf.T
+    diff = x @ (back - wf).T
+    return float(diff.norm() / ref.norm().clamp_min(1e-30))
+
+
+def layer_bytes(fmt: str | None, shape, source_dtype: str) -> int:
+    """Bytes a weight of `shape` takes in `fmt` (None: kept as it is, in `source_dtype`)."""
+    from .quantize import file_entries
+    from .safetensors_io import DTYPE_BITS
+    if fmt is None:
+        return math.prod(shape) * DTYPE_BITS[source_dtype] // 8
+    return sum(math.prod(s) * DTYPE_BITS[dt] // 8 for dt, s in file_entries(fmt, shape).values())
+
+
+def choose_by_error(errors: dict, max_error: float, sizes: dict) -> dict:
+    """layer -> the smallest format whose error is within `max_error`, or None (kept high)."""
+    out = {}
+    for layer, errs in errors.items():
+        fits = [f for f, e in errs.items() if e <= max_error]
+        out[layer] = min(fits, key=lambda f: sizes[layer][f]) if fits else None
+    return out
+
+
+def choose_by_size(errors: dict, sizes: dict, budget: int, fixed_bytes: int) -> dict:
+    """layer -> format, the whole file (`fixed_bytes`: everything not planned) within `budget` bytes;
+    None where even every layer in its smallest format does not fit."""
+    ladder = {}
+    for layer, errs in errors.items():  # each layer's formats by size, keeping only those that lower the error
+        steps = []
+        for f in sorted(list(errs) + [None], key=lambda f: (sizes[layer][f], f or "")):
+            e = errs.get(f, 0.0)
+            if not steps or e < steps[-1][1]:
+                steps.append((f, e))
+        ladder[layer] = steps
+    choice = {layer: 0 for layer in ladder}
+    total = fixed_bytes + sum(sizes[l][s[0][0]] for l, s in ladder.items())
+    if total > budget:
+        return None
+    heap = []
+
+    def push(layer):
+        i = choice[layer]
+        if i + 1 < len(ladder[layer]):
+            (f0, e0), (f1, e1) = ladder[layer][i], ladder[layer][i + 1]
+            cost = sizes[layer][f1] - sizes[layer][f0]
+            heapq.heappush(heap, (-(e0 - e1) / max(cost, 1), layer, i))
+    for layer in ladder:
+        push(layer)
+    while heap:
+        _, layer, i = heapq.heappop(heap)
+        if choice[layer] != i:
+            continue
+        f0, f1 = ladder[layer][i][0], ladder[layer][i + 1][0]
+        cost = sizes[layer][f1] - sizes[layer][f0]
+        if total + cost > budget:
+            continue  # a cheaper upgrade of another layer may still fit
+        total += cost
+        choice[layer] = i + 1
+        push(layer)
+    return {layer: ladder[layer][i][0] for layer, i in choice.items()}
+
+
+def report(layers: dict, errors: dict, size_before: int, size_after: int) -> dict:
+    """The quality report: per layer [format, error]; format counts; sizes; mean and worst error over
+    the quantized layers."""
+    per = {l: [f, round(errors[l], 6)] for l, f in layers.items()}
+    errs = [e for _, e in per.values()]
+    counts = {}
+    for f, _ in per.values():
+        counts[f] = counts.get(f, 0) + 1
+    worst = max(per, key=lambda l: per[l][1]) if per else None
+    return {"formats": counts, "size_before": size_before, "size_after": size_after,
+            "mean_error": round(sum(errs) / len(errs), 6) if errs else 0.0,
+            "worst_error": per[worst][1] if worst else 0.0, "worst_layer": worst,
+            "measure": f"relative output error on {ROWS} rows of N(0,1) activations", "layers": per}
+
+
+def reserve(layers) -> int:
+    """Characters to reserve in the header for the report of these layers."""
+    return 600 + sum(len(json.dumps(l)) + 40 for l in layers)
+
+
+def format_report(rep: dict) -> str:
+    counts = ", ".join(f"{f} {n}" for f, n in sorted(rep["formats"].items(), key=lambda x: -x[1]))
+    return (f"{counts}; {rep['size_before'] / 2**30:.3f} -> {rep['size_after'] / 2**30:.3f} GiB; output error "
+            f"mean {rep['mean_error']:.4f}, worst {rep['worst_error']:.4f} ({rep['worst_layer']})")
