@@ -31,15 +31,17 @@ def _activations(cols: int, cache: dict):
 
 def output_error(w, fmt: str, cache: dict) -> float:
     """Relative output error of weight `w` stored in format `fmt` (a `comfy_quant` name)."""
-    import torch
-
-    from .quantize import dequantize_layer, quantize_layer
+    from .quantize import dequantized_rows, quantize_layer
     x = _activations(w.shape[1], cache)
-    wf = w.float()
-    back = dequantize_layer(quantize_layer(w, fmt), fmt, torch.float32)
-    ref = x @ wf.T
-    diff = x @ (back - wf).T
-    return float(diff.norm() / ref.norm().clamp_min(1e-30))
+    rows = dequantized_rows(quantize_layer(w, fmt), fmt)
+    num = den = 0.0
+    step = max(1, (4 << 20) // w.shape[1])  # row slices of ~4 M values: memory for a slice, not the layer
+    for r0 in range(0, w.shape[0], step):
+        r1 = min(r0 + step, w.shape[0])
+        wf = w[r0:r1].float()
+        num += float((x @ (rows(r0, r1) - wf).T).square().sum())
+        den += float((x @ wf.T).square().sum())
+    return (num / max(den, 1e-60)) ** 0.5
 
 
 def layer_bytes(fmt: str | None, shape, source_dtype: str) -> int:

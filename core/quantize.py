@@ -108,9 +108,10 @@ def plan(table: dict, fmt: str, patterns, prefix: str = "") -> dict:
     return layers
 
 
-def quantize_layer(w, fmt: str) -> dict:
+def quantize_layer(w, fmt: str, precise: bool = True) -> dict:
     """One linear weight in ComfyUI's file format: {"weight", "weight_scale"[, "weight_scale_2"]};
-    `fmt` is a format name of the files (float8_e4m3fn, float8_e5m2, int8_tensorwise, mxfp8, nvfp4)."""
+    `fmt` is a format name of the files (float8_e4m3fn, float8_e5m2, int8_tensorwise, mxfp8, nvfp4).
+    `precise`: fp8 values from a float32 product (one rounding); False: comfy-kitchen's eager bits."""
     import torch
 
     from ..kernels import fp8 as k_fp8
@@ -126,7 +127,7 @@ def quantize_layer(w, fmt: str) -> dict:
         from ..kernels import int8 as k_int8
         q, scale = k_int8.quantize(w)
         return {"weight": q, "weight_scale": scale.reshape(())}
-    q, scale = k_fp8.quantize(w, dtype=getattr(torch, fmt))
+    q, scale = k_fp8.quantize(w, dtype=getattr(torch, fmt), precise=precise)
     return {"weight": q, "weight_scale": scale.reshape(())}
 
 
@@ -143,6 +144,25 @@ def dequantize_layer(parts: dict, fmt: str, dtype):
         return k.dequantize(parts["weight"], parts["weight_scale"], dtype)
     from ..kernels import fp8 as k
     return k.dequantize(parts["weight"], parts["weight_scale"], dtype)
+
+
+def dequantized_rows(parts: dict, fmt: str):
+    """A function (r0, r1) -> float32 rows r0:r1 of the dequantized weight: memory for a slice of the
+    layer, not a second copy of it."""
+    import torch
+    q = parts["weight"]
+    if fmt in ("nvfp4", "mxfp8"):
+        from ..kernels import mxfp8 as k_mx
+        from ..kernels import nvfp4 as k_nv
+        block = k_nv.BLOCK if fmt == "nvfp4" else k_mx.BLOCK
+        cols = q.shape[1] * (2 if fmt == "nvfp4" else 1)
+        rows = k_nv.from_blocked(parts["weight_scale"].view(torch.uint8) if fmt == "mxfp8" else parts["weight_scale"],
+                                 q.shape[0], cols // block)
+        if fmt == "nvfp4":
+            return lambda r0, r1: k_nv.dequantize_rows(q[r0:r1], rows[r0:r1], parts["weight_scale_2"], torch.float32)
+        return lambda r0, r1: (q[r0:r1].float().reshape(r1 - r0, -1, block) * k_mx._exp_to_f32(rows[r0:r1]).unsqueeze(-1)
+                               ).reshape(r1 - r0, cols)
+    return lambda r0, r1: dequantize_layer({"weight": q[r0:r1], "weight_scale": parts["weight_scale"]}, fmt, torch.float32)
 
 
 def comfy_quant_tensor(fmt: str):
@@ -195,7 +215,7 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
 
     from . import qplan
     from .inspect import inspect_file
-    from .stream import AtomicWriter, Reader, prefetched
+    from .stream import AtomicWriter, Reader, prefetched, release_freed
 
     mixed = max_error is not None or max_bytes is not None
     wanted = list(candidates) if mixed else [fmt]
@@ -232,6 +252,8 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
             for i, (k, t) in enumerate(prefetched(names, r.get)):
                 x = t.to(torch.bfloat16) if t.dtype == torch.float32 else t
                 errors[k[:-7]] = {f: qplan.output_error(x, f, cache) for f in options[k[:-7]]}
+                del x, t
+                release_freed()
                 if progress:
                     progress(i + 1, 2 * len(names) + len(table))
             sizes = {l: {**{f: qplan.layer_bytes(f, table[l + ".weight"][1], "U8") for f in options[l]},
@@ -280,8 +302,12 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
                     stats["quantized_bytes"] += sum(p.numel() * p.element_size() for n, p in parts[:-1])
                     for n, p in parts:
                         w.add(n, p)
+                    del x, parts
                 else:
                     w.add(k, t)
+                del t
+                if i % 8 == 0 or layer in layers:
+                    release_freed()
                 if progress:
                     progress(offset + i + 1, offset + len(table))
             quality = qplan.report(layers, {l: errors[l][f] for l, f in layers.items()},
