@@ -106,7 +106,7 @@ class QuantLinear(torch.nn.Module):
         if fmt == "nvfp4" and w.shape[1] % k_nvfp4.BLOCK:
             raise ValueError(f"nvfp4 needs in_features divisible by {k_nvfp4.BLOCK} (got {w.shape[1]})")
         if fmt in FP8_DTYPES:
-            q, s = k_fp8.quantize(w, dtype=FP8_DTYPES[fmt])
+            q, s = k_fp8.quantize(w, dtype=FP8_DTYPES[fmt], precise=True)
             s2 = None
         else:
             q, blocked, s2 = k_nvfp4.quantize(w)
@@ -144,7 +144,7 @@ class QuantLinear(torch.nn.Module):
         if self.fmt == "nvfp4":
             q = k_nvfp4.encode_with_scales(w, self.weight_scale.to(w.device), self.weight_scale_2.to(w.device))
         else:
-            q, _ = k_fp8.quantize(w, scale=self.weight_scale.to(w.device), dtype=FP8_DTYPES[self.fmt])
+            q, _ = k_fp8.quantize(w, scale=self.weight_scale.to(w.device), dtype=FP8_DTYPES[self.fmt], precise=True)
         if return_weight:
             return q
         if inplace_update:
