@@ -13,13 +13,42 @@ modulation, norms, final layers). No torch, no ComfyUI."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 
 # A layer whose name holds a norm: kept in high precision by every family's preset.
 NORM = r"norm"
+_FRESH_DICT = object()  # a field default: a new empty dict for each record
 
 
-@dataclass(frozen=True)
+def _record(cls):
+    """A read-only record class from its annotated fields (in order; a class-level value is the
+    default). What `dataclasses.dataclass(frozen=True)` gives here, without importing `dataclasses`
+    (and `inspect`, `ast`, `dis` with it), which cost the command line about 5 ms of start-up."""
+    names = tuple(cls.__annotations__)
+    defaults = {n: cls.__dict__[n] for n in names if n in cls.__dict__}
+
+    def __init__(self, *args, **kw):
+        values = dict(zip(names, args))
+        wrong = sorted((kw.keys() & values.keys()) | (kw.keys() - set(names)))
+        if len(args) > len(names) or wrong:
+            raise TypeError(f"{cls.__name__}: bad arguments {wrong or len(args)}")
+        values.update(kw)
+        for n in names:
+            if n not in values:
+                if n not in defaults:
+                    raise TypeError(f"{cls.__name__} needs {n}")
+                values[n] = {} if defaults[n] is _FRESH_DICT else defaults[n]
+        self.__dict__.update(values)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{cls.__name__} records are read-only")
+
+    def __repr__(self):
+        return f"{cls.__name__}(" + ", ".join(f"{n}={self.__dict__[n]!r}" for n in names) + ")"
+    cls.__init__, cls.__setattr__, cls.__repr__, cls._fields = __init__, __setattr__, __repr__, names
+    return cls
+
+
+@_record
 class Blocks:
     """Block-weight names of a family. `unet`: the seed guide's BASE, IN00.., M00, OUT00.. (+VAE for
     SDXL) over `levels` input/output levels. Otherwise core's model-specific merge node names: `head`
@@ -33,7 +62,7 @@ class Blocks:
     aliases: tuple = ()   # (regex on a name, replacement): older names still accepted in recipes
 
 
-@dataclass(frozen=True)
+@_record
 class Family:
     id: str
     label: str
@@ -48,8 +77,8 @@ class Family:
     blocks: Blocks
     keep_high: tuple            # regexes on layer names kept in high precision when quantizing
     config_classes: tuple       # ComfyUI supported_models class names; the first builds the family
-    config_match: dict = field(default_factory=dict)  # unet_config values that pick this record among those
-    variants: dict = field(default_factory=dict)      # variant key -> {"settings": {...}, "modelspec": ...}
+    config_match: dict = _FRESH_DICT  # unet_config values that pick this record among those
+    variants: dict = _FRESH_DICT      # variant key -> {"settings": {...}, "modelspec": ...}
     lora_style: str | None = None   # the LoRA key family (core/lora.py) that fits it
     keep_high_nvfp4_file: tuple = ()  # more layers kept when writing nvfp4 files (core's detection reads them)
     fp16_overflow: bool = False       # the residual stream overflows fp16
@@ -57,8 +86,8 @@ class Family:
     core_merge_node: str | None = None  # core's model-specific merge node, where it has one
     pack_sampler: str | None = None     # the pack's sampler node made for it
     pack_loader: str | None = None      # the pack's loader node made for its separate files
-    core_native: dict = field(default_factory=dict)  # what ComfyUI's own implementation of it builds
-    files: dict = field(default_factory=dict)  # the official file names, by models folder (loader defaults)
+    core_native: dict = _FRESH_DICT  # what ComfyUI's own implementation of it builds
+    files: dict = _FRESH_DICT  # the official file names, by models folder (loader defaults)
     sizes: tuple = ()  # size presets (name, width, height) of the pack's sampler for it, portrait first
     base_model: str | None = None  # the Hugging Face repository of the base model (model cards' base_model)
     latent: int = 0  # the sampler latent's channels where they are not the VAE's (FLUX.2 packs 2x2 of 32)
