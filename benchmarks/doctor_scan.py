@@ -52,8 +52,8 @@ def main():
     from modelsmith.core import doctor
     with tempfile.TemporaryDirectory() as root:
         folders = make_folder(root, args.files)
-        for k, paths in folders.items():
-            folder_paths.add_model_folder_path(k, paths[0], is_default=True)
+        for k, paths in folders.items():  # only this folder: the runtime's own models folder is not measured
+            folder_paths.folder_names_and_paths[k] = ([paths[0]], folder_paths.folder_names_and_paths[k][1])
         cache_file = os.path.join(root, "cache", "doctor.json")
         cold, warm, listing = [], [], []
         for _ in range(args.rounds):
@@ -69,7 +69,7 @@ def main():
             t = time.perf_counter()
             names = sum(len(folder_paths.get_filename_list(k)) for k in folders)
             listing.append(time.perf_counter() - t)
-        assert len(entries) == len(again) == names == args.files
+        assert len(entries) == len(again) == names == args.files, (len(entries), len(again), names)
         c, w, ls = statistics.median(cold), statistics.median(warm), statistics.median(listing)
         print(f"{args.files} files, medians of {args.rounds} rounds")
         print(f"ComfyUI folder listing (get_filename_list, uncached): {ls * 1000:8.1f} ms")

@@ -30,11 +30,12 @@ KINDS = ("checkpoints", "diffusion_models", "text_encoders", "vae", "loras")
 # ComfyUI's legacy folder names that hold the same kinds
 ALIASES = {"unet": "diffusion_models", "clip": "text_encoders"}
 MODEL_EXTS = (".safetensors", ".sft", ".ckpt", ".pt", ".pth", ".bin")
-CACHE_VERSION = 8
+CACHE_VERSION = 9
 _SUMMARY_KEYS = ("position_ids", "text_encoder", "vae", "not_opened", "vae_mismatch", "family", "variant", "layout",
                  "precision", "quantization", "unquantized_layers", "quantization_quality", "prediction", "ztsnr",
                  "ema", "params",
-                 "kind", "components", "warnings", "modelspec", "lora")
+                 "kind", "components", "modelspec", "lora")  # not `warnings`: problems say what matters, and the
+# sentences, repeated in every entry, made up most of the cache file a rescan parses
 _DETAIL_KEYS = ("blocks", "width", "adapter_blocks", "text_encoder", "core_adapter_fits", "comfyui_loads_whole_since",
                 "extra_modules")
 
@@ -151,7 +152,7 @@ def scan(folders: dict, cache: Cache | None = None, runtime=None) -> list[dict]:
                         entries.append(entry)
                         continue
                 try:
-                    st = os.stat(path)
+                    st = os.stat(path) if stat.S_ISLNK(lst.st_mode) else lst  # a plain file: its lstat is its stat
                 except OSError as e:
                     entry.update(status="error", error=f"cannot read it ({e.strerror})")
                     entries.append(entry)
@@ -238,6 +239,9 @@ def _p(code, why, fix=None):
     return {"code": code, "why": why, **({"fix": fix} if fix else {})}
 
 
+_SPACE = re.compile(r"\s")
+
+
 def problems(entry: dict, ctx: dict) -> list[dict]:
     """The problems of one scanned file, each {code, why, fix?} (fix: an action `apply_fix` takes)."""
     out = []
@@ -246,7 +250,7 @@ def problems(entry: dict, ctx: dict) -> list[dict]:
         out.append(_p("refused", entry.get("error") or "refused"))
     elif entry.get("status") == "error":
         out.append(_p("unreadable", entry.get("error") or "unreadable"))
-    if name != name.encode("ascii", "ignore").decode() or re.search(r"\s", name):
+    if not name.isascii() or _SPACE.search(name):
         out.append(_p("name", "spaces or non-ASCII characters in the name break scripts and some loaders",
                       "rename"))
     s = entry.get("summary")
