@@ -178,7 +178,7 @@ def run_convert(src_path, output, *, dtype="fp16", ema="keep", vae="keep", overw
     from .inspect import inspect_file, inspect_tensors
     from .modelspec import modelspec_for
     from ..kernels import nf4 as k_nf4
-    from .stream import AtomicWriter, torch_dtype
+    from .stream import AtomicWriter, release_freed, torch_dtype
 
     if dtype is not None and dtype not in DTYPES:
         raise ModelsmithError(f"dtype must be one of {', '.join(DTYPES)}")
@@ -217,6 +217,8 @@ def run_convert(src_path, output, *, dtype="fp16", ema="keep", vae="keep", overw
                 else:
                     t = src.get(sk)
                 w.add(k, t.to(torch_dtype(dt)))
+                del t
+                release_freed()  # the memory of the tensor just handed over, back to the system
                 if progress:
                     progress(i + 1, len(p))
     finally:

@@ -200,7 +200,7 @@ def run_merge(recipe: Recipe, output: str, *, overwrite=False, progress=None, me
     from .modelspec import modelspec_for
     from .convert import exact_position_ids
     from .families import POSITION_IDS_KEYS
-    from .stream import AtomicWriter, Reader, check_output_path, prefetched, torch_dtype
+    from .stream import AtomicWriter, Reader, check_output_path, prefetched, release_freed, torch_dtype
 
     recipe.validate()
     # the recipe is written beside the result: both names must be free (or overwrite asked) before any work
@@ -278,6 +278,7 @@ def run_merge(recipe: Recipe, output: str, *, overwrite=False, progress=None, me
                 del a, b, c
                 w.add(k, out.to(torch_dtype(dt)))
                 del out
+                release_freed()
                 if progress:
                     progress(i + 1, total)
     finally:
