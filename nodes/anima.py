@@ -82,13 +82,9 @@ def _check_vae(sd, path):
                               f"vae/qwen_image_vae.safetensors.")
 
 
-class ModelsmithAnimaLoader:
+class ModelsmithAnimaLoader(common.LoaderNode):
     DESCRIPTION = ("Loads Anima from its three files (diffusion model, Qwen3-0.6B text encoder, Qwen-Image VAE) "
                    "on any ComfyUI: native Anima when the runtime has it, Modelsmith's compat layer otherwise.")
-    CATEGORY = "modelsmith/loaders"
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE", common.SETTINGS)
-    RETURN_NAMES = ("MODEL", "CLIP", "VAE", "SETTINGS")
-    FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls):

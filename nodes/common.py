@@ -66,6 +66,14 @@ def settings_from_report(report: dict, prediction: str, ztsnr: bool) -> dict:
             "file_prediction": report.get("prediction"), "file_ztsnr": report.get("ztsnr", False)}
 
 
+class LoaderNode:
+    """What every Modelsmith loader node gives: the model, its text encoders, its VAE and SETTINGS."""
+    CATEGORY = "modelsmith/loaders"
+    RETURN_TYPES = ("MODEL", "CLIP", "VAE", SETTINGS)
+    RETURN_NAMES = ("MODEL", "CLIP", "VAE", "SETTINGS")
+    FUNCTION = "load"
+
+
 # hidden inputs a node asks for to see the graph it runs in (which of its outputs are used)
 HIDDEN_GRAPH = {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}
 

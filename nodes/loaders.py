@@ -88,14 +88,10 @@ def resolve_prediction(report: dict, choice: str) -> tuple[str, bool]:
     return choice, False
 
 
-class ModelsmithCheckpointLoader:
+class ModelsmithCheckpointLoader(common.LoaderNode):
     DESCRIPTION = ("Loads a single-file checkpoint with the settings its tensors call for: v-prediction and "
                    "zero terminal SNR from the marker keys (or the override), any UNet width, pickles only "
                    "through the allowlist.")
-    CATEGORY = "modelsmith/loaders"
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE", common.SETTINGS)
-    RETURN_NAMES = ("MODEL", "CLIP", "VAE", "SETTINGS")
-    FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -263,15 +259,11 @@ def load_with_companions(model_file: str, overrides: dict, prediction: str = "au
     return model, clip, vae, settings
 
 
-class ModelsmithLoadAny:
+class ModelsmithLoadAny(common.LoaderNode):
     DESCRIPTION = ("Loads any model from one file: a checkpoint or a diffusion model of any family the pack knows, "
                    "with the text encoders and VAE its family needs found in the model folders by their headers, "
                    "the right CLIP type and the recommended settings. A missing file stops it before any loading, "
                    "with the files to get.")
-    CATEGORY = "modelsmith/loaders"
-    RETURN_TYPES = ("MODEL", "CLIP", "VAE", common.SETTINGS)
-    RETURN_NAMES = ("MODEL", "CLIP", "VAE", "SETTINGS")
-    FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls):
