@@ -345,3 +345,40 @@ def attach_quantized(dit: torch.nn.Module, sd: dict, layers: dict, prefix: str =
                         sd.get(full + ".bias"), k, n)
         parent_name, _, child = name.rpartition(".")
         setattr(dit.get_submodule(parent_name) if parent_name else dit, child, q)
+
+
+def denoiser_errors(base, quantized, positive, percents=(0.2, 0.5, 0.8), size=256, seed=0) -> list[tuple]:
+    """[(sigma, relative error)]: the quantized model's denoised output against the unquantized one's
+    on one calibration latent (seeded noise, `size` px square, the model's own latent shape) at three
+    noise levels, the conditioning encoded for each model as its sampler would (core's
+    encode_model_conds and calc_cond_batch)."""
+    import comfy.model_management as mm
+    import comfy.sampler_helpers
+    import comfy.samplers
+    fmt = base.get_model_object("latent_format")
+    ms = base.get_model_object("model_sampling")
+    ratio = getattr(fmt, "spacial_downscale_ratio", 8)
+    shape = [1, fmt.latent_channels] + [1] * (getattr(fmt, "latent_dimensions", 2) - 2) + [size // ratio] * 2
+    g = torch.Generator().manual_seed(seed)
+    latent, noise = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    out = []
+    for p in percents:
+        sigma = torch.tensor([float(ms.percent_to_sigma(p))])
+        x = ms.noise_scaling(sigma, noise, latent)
+        results = []
+        for patcher in (base, quantized):
+            mm.load_models_gpu([patcher])
+            device = patcher.load_device
+            conds = comfy.sampler_helpers.convert_cond(positive)
+            conds = comfy.samplers.encode_model_conds(patcher.model.extra_conds, conds, x, device, "positive")
+            patcher.pre_run()  # what a sampler does around its calls (the model's current patcher, hooks)
+            try:
+                with torch.no_grad():
+                    y = comfy.samplers.calc_cond_batch(patcher.model, [conds], x.to(device), sigma.to(device),
+                                                       patcher.model_options)[0]
+            finally:
+                patcher.cleanup()
+            results.append(y.float().cpu())
+        ref, got = results
+        out.append((float(sigma), float((got - ref).norm() / ref.norm().clamp_min(1e-30))))
+    return out

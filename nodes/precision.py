@@ -196,13 +196,17 @@ class ModelsmithModelComputeDtype:
             "fp16_accumulation": ("BOOLEAN", {"default": False, "tooltip": "cuBLAS fp16 accumulation in matmuls "
                                                                           "(faster on CUDA, torch >= 2.7)."}),
         }, "optional": {
+            "calibration": ("CONDITIONING", {"tooltip": "A prompt's conditioning: with a quantized dtype, the report "
+                            "gives the denoiser's output error against the unquantized model at three noise "
+                            "levels on a calibration latent."}),
             "backend": (list(QUANT_BACKENDS), {"default": "auto", "tooltip":
                         "Whose quantized layers fp8/nvfp4 use. auto: ComfyUI's own (comfy-kitchen quantized tensors, "
                         "as for core-loaded quantized files) where this ComfyUI has them, else Modelsmith's. "
                         "modelsmith: always the pack's layers (any ComfyUI)."}),
         }}
 
-    def apply(self, model, dtype="auto", preset="auto", exclude="", fp16_accumulation=False, backend="auto"):
+    def apply(self, model, dtype="auto", preset="auto", exclude="", fp16_accumulation=False, backend="auto",
+              calibration=None):
         from ..compat.family import family_of
         from ..compat.quantized import quantized_patcher
         lines = []
@@ -217,6 +221,11 @@ class ModelsmithModelComputeDtype:
                          f"{st['source_bytes'] / 2**20:.1f} -> {st['quantized_bytes'] / 2**20:.1f} MiB); "
                          f"{st['kept_layers']} kept in high precision (preset {st['preset']}"
                          f"{', exclude' if exclude.strip() else ''}); compute: {st['compute']}")
+            if calibration is not None:
+                from ..compat.quantized import denoiser_errors
+                errs = denoiser_errors(model, m, calibration)
+                lines.append("denoiser output error vs unquantized on a calibration latent: " +
+                             ", ".join(f"sigma {s_:.3g}: {e:.4f}" for s_, e in errs))
         else:
             m = model.clone()
             if dtype in COMPUTE_DTYPES:

@@ -251,7 +251,8 @@ def _sdxl_graph(ckpt, dtype, steps=2):
     import graphs
     g = graphs.txt2img(ckpt, steps=steps)
     g["8"] = {"class_type": "ModelsmithModelComputeDtype", "inputs": {
-        "model": ["1", 0], "dtype": dtype, "preset": "auto", "exclude": "", "fp16_accumulation": False}}
+        "model": ["1", 0], "dtype": dtype, "preset": "auto", "exclude": "", "fp16_accumulation": False,
+        "calibration": ["2", 0]}}
     g["5"]["inputs"]["model"] = ["8", 0]
     return g
 
@@ -263,6 +264,9 @@ def test_node_in_a_graph_samples_sdxl(run_graph, tiny_files, output_dir, dtype):
     executor, server = run_graph(_sdxl_graph("tiny_sdxl.safetensors", dtype))
     report = executor.history_result["outputs"]["8"]["text"][0]
     assert (dtype in report) or ("compute dtype" in report)
+    if dtype != "fp16":  # the calibration prompt: the denoiser's error at three noise levels, small and not zero
+        errs = [float(x.split(": ")[1]) for x in report.split("calibration latent: ")[1].split(", ")]
+        assert len(errs) == 3 and all(0 < e < (0.2 if dtype == "nvfp4" else 0.05) for e in errs), report
     img = executor.history_result["outputs"]["7"]["images"][0]
     arr = np.asarray(Image.open(output_dir / img["subfolder"] / img["filename"]))
     assert arr.shape == (64, 64, 3) and arr.std() > 0
@@ -279,8 +283,10 @@ def test_node_in_a_graph_samples_anima(run_graph, comfy, models_dir, output_dir,
         "1": {"class_type": "ModelsmithAnimaLoader", "inputs": {
             "diffusion_model": "anima-tiny.safetensors", "text_encoder": "qwen_3_06b_base.safetensors",
             "vae": "qwen_image_vae.safetensors", "dtype": "auto"}},
+        "5": {"class_type": "CLIPTextEncode", "inputs": {"text": "masterpiece, 1girl, smile", "clip": ["1", 1]}},
         "4": {"class_type": "ModelsmithModelComputeDtype", "inputs": {
-            "model": ["1", 0], "dtype": dtype, "preset": "auto", "exclude": "", "fp16_accumulation": False}},
+            "model": ["1", 0], "dtype": dtype, "preset": "auto", "exclude": "", "fp16_accumulation": False,
+            "calibration": ["5", 0]}},
         "2": {"class_type": "ModelsmithAnimaSampler", "inputs": {
             "model": ["4", 0], "clip": ["1", 1], "vae": ["1", 2], "positive_text": "masterpiece, 1girl, smile",
             "negative_text": "worst quality", "size": "custom", "width": 64, "height": 64, "steps": 2,
@@ -291,6 +297,10 @@ def test_node_in_a_graph_samples_anima(run_graph, comfy, models_dir, output_dir,
     img = executor.history_result["outputs"]["3"]["images"][0]
     arr = np.asarray(Image.open(output_dir / img["subfolder"] / img["filename"]))
     assert arr.shape == (64, 64, 3) and arr.std() > 0
+    report = executor.history_result["outputs"]["4"]["text"][0]
+    if dtype != "fp16":  # the calibration prompt: the denoiser's error at three noise levels
+        errs = [float(x.split(": ")[1]) for x in report.split("calibration latent: ")[1].split(", ")]
+        assert len(errs) == 3 and all(0 < e < (0.2 if dtype == "nvfp4" else 0.05) for e in errs), report
 
 
 @pytest.mark.parametrize("fmt", ["fp8", "nvfp4"])
