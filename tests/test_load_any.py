@@ -209,3 +209,23 @@ def test_a_missing_text_encoder_stops_the_node_before_loading(comfy, models_dir)
         ModelsmithLoadAny().load("diffusion_models/load_any/flux1-dev.safetensors")
     msg = str(e.value)
     assert msg.startswith("flux1-dev.safetensors is FLUX.1, which needs files") and "t5xxl_fp16.safetensors" in msg
+
+
+@pytest.mark.runtime
+def test_a_checkpoint_without_its_vae_gets_one_from_the_library(comfy, models_dir):
+    """A tiny SD1 checkpoint saved without a VAE: the node keeps the checkpoint's own text encoder, finds
+    the 4-channel VAE in models/vae by its header, and that VAE decodes as core's VAELoader's does."""
+    import safetensors.torch
+    import torch
+    import nodes
+    import tiny
+    from modelsmith.nodes.loaders import ModelsmithLoadAny
+    (models_dir / "vae" / "load_any").mkdir(exist_ok=True)
+    tiny.save(models_dir / "checkpoints" / "tiny_sd1_novae.safetensors", "sd1", seed=4, drop_vae=True)
+    safetensors.torch.save_file(_full_image_vae(z=4, seed=8), str(models_dir / "vae" / "load_any" / "sd_vae.safetensors"))
+    model, clip, vae, settings = ModelsmithLoadAny().load("checkpoints/tiny_sd1_novae.safetensors")
+    assert settings["files"] == {"text_encoders": [], "vae": "load_any/sd_vae.safetensors", "clip_type": "stable_diffusion"}
+    assert clip is not None and "vae: load_any/sd_vae.safetensors (SD VAE" in settings["report"], settings["report"]
+    core_vae = nodes.VAELoader().load_vae("load_any/sd_vae.safetensors")[0]
+    latent = torch.randn(1, 4, 4, 4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(vae.decode(latent), core_vae.decode(latent))
