@@ -347,38 +347,46 @@ def attach_quantized(dit: torch.nn.Module, sd: dict, layers: dict, prefix: str =
         setattr(dit.get_submodule(parent_name) if parent_name else dit, child, q)
 
 
-def denoiser_errors(base, quantized, positive, percents=(0.2, 0.5, 0.8), size=256, seed=0) -> list[tuple]:
-    """[(sigma, relative error)]: the quantized model's denoised output against the unquantized one's
-    on one calibration latent (seeded noise, `size` px square, the model's own latent shape) at three
-    noise levels, the conditioning encoded for each model as its sampler would (core's
-    encode_model_conds and calc_cond_batch)."""
+def _calibration_calls(patcher, positive, percents=(0.2, 0.5, 0.8), size=256, seed=0) -> list[tuple]:
+    """[(sigma, denoised output)] of `patcher` on one calibration latent (seeded noise, `size` px square,
+    the model's own latent shape) at three noise levels, the conditioning encoded and the model called
+    as core's sampler does (encode_model_conds, calc_cond_batch)."""
     import comfy.model_management as mm
     import comfy.sampler_helpers
     import comfy.samplers
-    fmt = base.get_model_object("latent_format")
-    ms = base.get_model_object("model_sampling")
+    fmt = patcher.get_model_object("latent_format")
+    ms = patcher.get_model_object("model_sampling")
     ratio = getattr(fmt, "spacial_downscale_ratio", 8)
     shape = [1, fmt.latent_channels] + [1] * (getattr(fmt, "latent_dimensions", 2) - 2) + [size // ratio] * 2
     g = torch.Generator().manual_seed(seed)
     latent, noise = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    mm.load_models_gpu([patcher])
+    device = patcher.load_device
     out = []
     for p in percents:
         sigma = torch.tensor([float(ms.percent_to_sigma(p))])
         x = ms.noise_scaling(sigma, noise, latent)
-        results = []
-        for patcher in (base, quantized):
-            mm.load_models_gpu([patcher])
-            device = patcher.load_device
-            conds = comfy.sampler_helpers.convert_cond(positive)
-            conds = comfy.samplers.encode_model_conds(patcher.model.extra_conds, conds, x, device, "positive")
-            patcher.pre_run()  # what a sampler does around its calls (the model's current patcher, hooks)
-            try:
-                with torch.no_grad():
-                    y = comfy.samplers.calc_cond_batch(patcher.model, [conds], x.to(device), sigma.to(device),
-                                                       patcher.model_options)[0]
-            finally:
-                patcher.cleanup()
-            results.append(y.float().cpu())
-        ref, got = results
-        out.append((float(sigma), float((got - ref).norm() / ref.norm().clamp_min(1e-30))))
+        conds = comfy.sampler_helpers.convert_cond(positive)
+        conds = comfy.samplers.encode_model_conds(patcher.model.extra_conds, conds, x, device, "positive")
+        patcher.pre_run()  # what a sampler does around its calls (the model's current patcher, hooks)
+        try:
+            with torch.no_grad():
+                y = comfy.samplers.calc_cond_batch(patcher.model, [conds], x.to(device), sigma.to(device),
+                                                   patcher.model_options)[0]
+        finally:
+            patcher.cleanup()
+        out.append((float(sigma), y.float().cpu()))
     return out
+
+
+def denoiser_errors(base, quantized, positive) -> list[tuple]:
+    """[(sigma, relative error)]: the quantized model's denoised output against the unquantized one's on
+    the calibration latent at three noise levels."""
+    return [(s, float((q - b).norm() / b.norm().clamp_min(1e-30)))
+            for (s, b), (_, q) in zip(_calibration_calls(base, positive), _calibration_calls(quantized, positive))]
+
+
+def calibration_inputs(patcher, positive) -> dict:
+    """{linear layer name: input rows} the denoiser's layers see on the calibration calls."""
+    from ..core.qplan import capture_inputs
+    return capture_inputs(patcher.model.diffusion_model, lambda: _calibration_calls(patcher, positive))

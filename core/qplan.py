@@ -29,10 +29,12 @@ def _activations(cols: int, cache: dict):
     return cache[cols]
 
 
-def output_error(w, fmt: str, cache: dict) -> float:
-    """Relative output error of weight `w` stored in format `fmt` (a `comfy_quant` name)."""
+def output_error(w, fmt: str, cache: dict, x=None) -> float:
+    """Relative output error of weight `w` stored in format `fmt` (a `comfy_quant` name), on the rows
+    of `x` (the inputs the layer saw while sampling a calibration prompt) or on random activations."""
     from .quantize import dequantized_rows, quantize_layer
-    x = _activations(w.shape[1], cache)
+    if x is None or x.shape[-1] != w.shape[1]:
+        x = _activations(w.shape[1], cache)
     rows = dequantized_rows(quantize_layer(w, fmt), fmt)
     num = den = 0.0
     step = max(1, (4 << 20) // w.shape[1])  # row slices of ~4 M values: memory for a slice, not the layer
@@ -101,7 +103,31 @@ def choose_by_size(errors: dict, sizes: dict, budget: int, fixed_bytes: int) -> 
     return {layer: ladder[layer][i][0] for layer, i in choice.items()}
 
 
-def report(layers: dict, errors: dict, size_before: int, size_after: int) -> dict:
+def capture_inputs(dit, run, rows: int = ROWS, seed: int = 0) -> dict:
+    """{module name: float32 [<= rows, in_features]}: the inputs every linear layer of `dit` sees while
+    `run()` calls the model (a few denoiser calls on a calibration prompt), rows picked at random."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    seen, hooks = {}, []
+
+    def hook(name):
+        def pre(module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float().cpu()
+            pick = x[torch.randperm(x.shape[0], generator=g)[:rows]]
+            seen[name] = torch.cat([seen[name], pick])[-4 * rows:] if name in seen else pick
+        return pre
+    for name, m in dit.named_modules():
+        if isinstance(m, torch.nn.Linear):
+            hooks.append(m.register_forward_pre_hook(hook(name)))
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def report(layers: dict, errors: dict, size_before: int, size_after: int, measure: str | None = None) -> dict:
     """The quality report: per layer [format, error]; format counts; sizes; mean and worst error over
     the quantized layers."""
     per = {l: [f, round(errors[l], 6)] for l, f in layers.items()}
@@ -113,7 +139,7 @@ def report(layers: dict, errors: dict, size_before: int, size_after: int) -> dic
     return {"formats": counts, "size_before": size_before, "size_after": size_after,
             "mean_error": round(sum(errs) / len(errs), 6) if errs else 0.0,
             "worst_error": per[worst][1] if worst else 0.0, "worst_layer": worst,
-            "measure": f"relative output error on {ROWS} rows of N(0,1) activations", "layers": per}
+            "measure": measure or f"relative output error on {ROWS} rows of N(0,1) activations", "layers": per}
 
 
 def reserve(layers) -> int:

@@ -204,11 +204,13 @@ def verify(path: str, layers: dict, table: dict) -> list[str]:
 
 
 def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=False, progress=None,
-                 max_error=None, max_bytes=None, candidates=("nvfp4", "fp8")) -> dict:
+                 max_error=None, max_bytes=None, candidates=("nvfp4", "fp8"), activations=None) -> dict:
     """Quantize `src` into `output` in one format (`fmt`), or with `max_error` / `max_bytes` one format
     per layer among `candidates` chosen by measured error (core/qplan.py). Every quantized layer's
     output error is measured and reported (returned, and in the file's `modelsmith.quantization`
-    metadata); the written file is re-read and checked against the plan."""
+    metadata); the written file is re-read and checked against the plan. `activations`: {layer name
+    without the file's prefix: input rows} captured while sampling (qplan.capture_inputs), used in
+    place of random activations for the layers they cover."""
     import os
 
     import torch
@@ -251,7 +253,8 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
             names = [l + ".weight" for l in options]
             for i, (k, t) in enumerate(prefetched(names, r.get)):
                 x = t.to(torch.bfloat16) if t.dtype == torch.float32 else t
-                errors[k[:-7]] = {f: qplan.output_error(x, f, cache) for f in options[k[:-7]]}
+                acts = (activations or {}).get(k[len(prefix or ""):-7])
+                errors[k[:-7]] = {f: qplan.output_error(x, f, cache, acts) for f in options[k[:-7]]}
                 del x, t
                 release_freed()
                 if progress:
@@ -297,7 +300,8 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
                     parts = [(layer + "." + n, v) for n, v in quantize_layer(x, layers[layer]).items()]
                     parts.append((layer + ".comfy_quant", comfy_quant_tensor(layers[layer])))
                     if layer not in errors or layers[layer] not in errors[layer]:
-                        errors.setdefault(layer, {})[layers[layer]] = qplan.output_error(x, layers[layer], cache)
+                        acts = (activations or {}).get(layer[len(prefix or ""):])
+                        errors.setdefault(layer, {})[layers[layer]] = qplan.output_error(x, layers[layer], cache, acts)
                     stats["quantized_params"] += t.numel()
                     stats["quantized_bytes"] += sum(p.numel() * p.element_size() for n, p in parts[:-1])
                     for n, p in parts:
@@ -310,8 +314,11 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
                     release_freed()
                 if progress:
                     progress(offset + i + 1, offset + len(table))
+            covered = sum(1 for l in layers if l[len(prefix or ""):] in (activations or {}))
+            measure = (f"relative output error on the inputs {covered} of {len(layers)} layers saw while sampling a "
+                       f"calibration prompt (random N(0,1) rows for the others)") if covered else None
             quality = qplan.report(layers, {l: errors[l][f] for l, f in layers.items()},
-                                   os.path.getsize(src), len(w.prefix) + w.data_size)
+                                   os.path.getsize(src), len(w.prefix) + w.data_size, measure)
             w.set_late("modelsmith.quantization", json.dumps(quality, separators=(",", ":")))
     problems = verify(output, layers, table)  # the proof: nothing silently fell back
     if problems:

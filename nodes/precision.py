@@ -99,21 +99,30 @@ class ModelsmithSaveQuantized:
                        "mixed: the lowest measured error within this file size in GB (used when max_error is 0)."}),
             "candidates": ("STRING", {"default": "nvfp4,fp8", "tooltip":
                            "mixed: the formats a layer may take, comma-separated (fp8, fp8_e5m2, int8, mxfp8, nvfp4)."}),
+            "model": ("MODEL", {"tooltip": "The same file loaded (with calibration): errors are measured on the "
+                                "inputs its layers see while denoising the calibration prompt, not random ones."}),
+            "calibration": ("CONDITIONING", {"tooltip": "A prompt's conditioning for the model input: a few "
+                            "denoiser calls on it give each layer's real inputs."}),
         }}
 
     def save(self, model_file, format, preset, exclude, output_name, destination, overwrite, max_error=0.0,
-             max_gb=0.0, candidates="nvfp4,fp8"):
+             max_gb=0.0, candidates="nvfp4,fp8", model=None, calibration=None):
         from ..core.qplan import format_report
         budget = {}
+        if (model is None) != (calibration is None):
+            raise ModelsmithError("calibration needs both the model (this file, loaded) and a prompt's conditioning")
         if format == "mixed":
             if max_error > 0:
-                budget = {"max_error": max_error}
+                budget["max_error"] = max_error
             elif max_gb > 0:
-                budget = {"max_bytes": max_gb * 1e9}
+                budget["max_bytes"] = max_gb * 1e9
             else:
                 raise ModelsmithError("mixed needs a budget: set max_error (e.g. 0.03) or max_gb")
             budget["candidates"] = [c.strip() for c in candidates.split(",") if c.strip()]
         src = resolve_model(model_file, _QUANT_FOLDERS)
+        if model is not None:  # each layer's real inputs on a few denoiser calls of the calibration prompt
+            from ..compat.quantized import calibration_inputs
+            budget["activations"] = calibration_inputs(model, calibration)
         if destination == "auto":
             layout = inspect_file(src).get("layout")
             destination = "models/diffusion_models" if layout == "diffusion-model" else "models/checkpoints"

@@ -8,6 +8,7 @@ import safetensors.torch
 import torch
 
 from modelsmith.core.inspect import inspect_file
+from modelsmith.core.errors import ModelsmithError
 from modelsmith.core.quantize import run_quantize
 
 
@@ -237,6 +238,32 @@ def test_save_quantized_mixed_loads_in_core_as_it_is(comfy, mid_sd1_unet):
         cond = [[torch.randn(1, 77, 768, generator=g), {}]]
         (r,) = nodes.common_ksampler(model, 7, 2, 3.0, "euler", "normal", cond, cond, {"samples": torch.zeros(1, 4, 16, 16)})
         assert torch.isfinite(r["samples"]).all()
+    finally:
+        if os.path.exists(out):
+            os.unlink(out)
+
+
+def test_save_quantized_measures_on_the_inputs_layers_see_while_sampling(comfy, mid_sd1_unet):
+    """With the loaded model and a calibration prompt, every layer's error is measured on the inputs it
+    saw in a few denoiser calls (captured with hooks), and the report says so."""
+    import os
+    import nodes
+    from modelsmith.nodes.precision import ModelsmithSaveQuantized
+    model = nodes.NODE_CLASS_MAPPINGS["UNETLoader"]().load_unet(mid_sd1_unet.name, "default")[0]
+    g = torch.Generator().manual_seed(2)
+    positive = [[torch.randn(1, 77, 768, generator=g), {}]]
+    res = ModelsmithSaveQuantized().save(f"diffusion_models/{mid_sd1_unet.name}", "mixed", "auto", "", "mid_sd1_calib",
+                                         "output/checkpoints", False, max_error=0.05, model=model, calibration=positive)
+    out = res["result"][0]
+    try:
+        from modelsmith.core.safetensors_io import read_header
+        q = json.loads(read_header(out).metadata["modelsmith.quantization"])
+        n = sum(q["formats"].values())
+        assert f"on the inputs {n} of {n} layers saw while sampling a calibration prompt" in q["measure"], q["measure"]
+        assert q["worst_error"] <= 0.05
+        with pytest.raises(ModelsmithError, match="calibration needs both"):
+            ModelsmithSaveQuantized().save(f"diffusion_models/{mid_sd1_unet.name}", "fp8", "auto", "", "x",
+                                           "output/checkpoints", False, model=model)
     finally:
         if os.path.exists(out):
             os.unlink(out)
