@@ -74,6 +74,7 @@ def make_layers(path, n):
     import safetensors.torch
     import torch
     g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)  # the Student-t samples: the same layers in every run
     sd = {}
     for i in range(n):
         rows, cols = SHAPES[i % 3]
