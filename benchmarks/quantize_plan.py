@@ -120,13 +120,7 @@ def file_errors(path, src):
                 rows = lambda r0, r1, b=back: b[r0:r1]  # noqa: E731
             else:
                 rows = dequantized_rows(parts, fmt)
-            x = qplan._activations(w.shape[1], cache)
-            num = den = 0.0
-            for r0 in range(0, w.shape[0], 1024):
-                wf = w[r0:r0 + 1024].float()
-                num += float((x @ (rows(r0, r0 + wf.shape[0]) - wf).T).square().sum())
-                den += float((x @ wf.T).square().sum())
-            out[layer] = (fmt, (num / den) ** 0.5)
+            out[layer] = (fmt, qplan.relative_error(w, rows, qplan._activations(w.shape[1], cache)))
     del torch
     return out
 

@@ -35,9 +35,14 @@ def output_error(w, fmt: str, cache: dict, x=None) -> float:
     from .quantize import dequantized_rows, quantize_layer
     if x is None or x.shape[-1] != w.shape[1]:
         x = _activations(w.shape[1], cache)
-    rows = dequantized_rows(quantize_layer(w, fmt), fmt)
+    return relative_error(w, dequantized_rows(quantize_layer(w, fmt), fmt), x)
+
+
+def relative_error(w, rows, x) -> float:
+    """||x (Wq - W)^T|| / ||x W^T||, with `rows(r0, r1)` giving float32 rows of Wq: row slices of ~4 M
+    values at a time, so memory holds a slice, not a second copy of the layer."""
     num = den = 0.0
-    step = max(1, (4 << 20) // w.shape[1])  # row slices of ~4 M values: memory for a slice, not the layer
+    step = max(1, (4 << 20) // w.shape[1])
     for r0 in range(0, w.shape[0], step):
         r1 = min(r0 + step, w.shape[0])
         wf = w[r0:r1].float()

@@ -249,11 +249,14 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
                 options.setdefault(layer, []).append(name)
         errors = {}
         cache = {}
+
+        def weight_and_inputs(layer, t):  # the weight as quantized (fp32 sources via bf16), its captured inputs
+            return (t.to(torch.bfloat16) if t.dtype == torch.float32 else t,
+                    (activations or {}).get(layer[len(prefix or ""):]))
         if mixed:  # pass 1: every candidate of every layer measured, one tensor in memory at a time
             names = [l + ".weight" for l in options]
             for i, (k, t) in enumerate(prefetched(names, r.get)):
-                x = t.to(torch.bfloat16) if t.dtype == torch.float32 else t
-                acts = (activations or {}).get(k[len(prefix or ""):-7])
+                x, acts = weight_and_inputs(k[:-7], t)
                 errors[k[:-7]] = {f: qplan.output_error(x, f, cache, acts) for f in options[k[:-7]]}
                 del x, t
                 release_freed()
@@ -296,11 +299,10 @@ def run_quantize(src, output, fmt="fp8", preset="auto", exclude="", overwrite=Fa
             for i, (k, t) in enumerate(prefetched(list(table), r.get)):
                 layer = k[: -len(".weight")] if k.endswith(".weight") else None
                 if layer in layers:
-                    x = t.to(torch.bfloat16) if t.dtype == torch.float32 else t
+                    x, acts = weight_and_inputs(layer, t)
                     parts = [(layer + "." + n, v) for n, v in quantize_layer(x, layers[layer]).items()]
                     parts.append((layer + ".comfy_quant", comfy_quant_tensor(layers[layer])))
                     if layer not in errors or layers[layer] not in errors[layer]:
-                        acts = (activations or {}).get(layer[len(prefix or ""):])
                         errors.setdefault(layer, {})[layers[layer]] = qplan.output_error(x, layers[layer], cache, acts)
                     stats["quantized_params"] += t.numel()
                     stats["quantized_bytes"] += sum(p.numel() * p.element_size() for n, p in parts[:-1])

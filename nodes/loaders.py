@@ -178,9 +178,7 @@ def _library() -> list[dict]:
 
 def _companion_path(folder: str, name: str) -> str:
     from ..core.safetensors_io import file_format
-    path = folder_paths.get_full_path(folder, name)
-    if path is None or not os.path.isfile(path):
-        raise ModelsmithError(f"'{name}' is not in ComfyUI's {folder} folder (refresh the node list?)")
+    path = common.resolve_model(f"{folder}/{name}", (folder,))
     if file_format(path) == "pickle":  # core's loaders would unpickle it in the server process
         raise ModelsmithError(f"{name} is a pickle (.ckpt/.pt/.bin): convert it to safetensors first "
                               f"(Model Doctor's convert fix, or `modelsmith convert`), then pick the new file")

@@ -9,6 +9,7 @@ from ..core.errors import ModelsmithError
 from ..core import registry
 from ..core.quantize import FORMATS as QUANT_FILE_FORMATS, run_quantize
 from ..core.inspect import inspect_file
+from ..kernels.qlinear import FORMATS as PACK_LAYER_FORMATS
 from .common import model_file_choices, resolve_model
 from .model_tools import DESTINATIONS, _progress_bar, output_path
 
@@ -139,7 +140,8 @@ class ModelsmithSaveQuantized:
 COMPUTE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 QUANT_DTYPES = {"fp8_e4m3fn": "float8_e4m3fn", "fp8_e5m2": "float8_e5m2", "nvfp4": "nvfp4",
                 "int8_tensorwise": "int8_tensorwise", "mxfp8": "mxfp8"}
-CORE_ONLY = ("int8_tensorwise", "mxfp8")  # run by core's quantized layers only (offered where the running core has them)
+# run by core's quantized layers only, not the pack's own (offered where the running core has them)
+CORE_ONLY = tuple(f for f in QUANT_DTYPES.values() if f not in PACK_LAYER_FORMATS)
 
 
 def _quant_dtype_choices() -> list[str]:
